@@ -1,0 +1,234 @@
+// Command bench measures Saga push the way operators run it: it starts the
+// server binary, opens real WebSocket and SSE connections over loopback, and
+// writes a results table (Markdown and JSON) with the machine's core count
+// and the commit. `make bench` runs the standard set; -smoke runs a tiny one
+// that only proves the harness works.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+var (
+	profile bool
+	outDir  string
+)
+
+type result struct {
+	Scenario string  `json:"scenario"`
+	Metric   string  `json:"metric"`
+	Value    float64 `json:"value"`
+	Unit     string  `json:"unit"`
+	Note     string  `json:"note,omitempty"`
+}
+
+type report struct {
+	Commit  string    `json:"commit"`
+	Cores   int       `json:"cores"`
+	Go      string    `json:"go"`
+	Started time.Time `json:"started"`
+	Smoke   bool      `json:"smoke"`
+	Results []result  `json:"results"`
+}
+
+func main() {
+	out := flag.String("out", "bench/results", "folder for results.md and results.json")
+	bin := flag.String("bin", "bin/sagapush", "server binary")
+	smoke := flag.Bool("smoke", false, "tiny run that only checks the harness works")
+	wsN := flag.Int("ws", 10000, "idle WebSocket connections for the memory scenario")
+	sseN := flag.Int("sse", 5000, "idle SSE streams for the memory scenario")
+	flag.BoolVar(&profile, "pprof", false, "save the server's heap profiles in -out")
+	flag.Parse()
+	outDir = *out
+	if *smoke {
+		*wsN, *sseN = 200, 100
+	}
+	rep := &report{Commit: gitCommit(), Cores: runtime.NumCPU(), Go: runtime.Version(), Started: time.Now().UTC(), Smoke: *smoke}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+
+	steps := []struct {
+		name string
+		run  func(context.Context, string, *report) error
+	}{
+		{"idle-websocket-memory", func(ctx context.Context, bin string, r *report) error {
+			return idleMemory(ctx, bin, r, "websocket", *wsN)
+		}},
+		{"idle-sse-memory", func(ctx context.Context, bin string, r *report) error { return idleMemory(ctx, bin, r, "sse", *sseN) }},
+	}
+	failed := false
+	for _, s := range steps {
+		fmt.Fprintf(os.Stderr, "bench: %s ...\n", s.name)
+		if err := s.run(ctx, *bin, rep); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %s failed: %v\n", s.name, err)
+			failed = true
+		}
+	}
+	if err := write(*out, rep); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+
+func gitCommit() string {
+	b, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "unknown"
+	}
+	c := strings.TrimSpace(string(b))
+	if exec.Command("git", "diff", "--quiet", "HEAD").Run() != nil {
+		c += "-dirty"
+	}
+	return c
+}
+
+func write(dir string, rep *report) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	js, _ := json.MarshalIndent(rep, "", "  ")
+	if err := os.WriteFile(filepath.Join(dir, "results.json"), js, 0o644); err != nil {
+		return err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Saga push benchmark\n\ncommit %s, %d cores, %s, %s%s\n\n", rep.Commit, rep.Cores, rep.Go, rep.Started.Format(time.RFC3339), map[bool]string{true: " (smoke run: figures mean nothing)"}[rep.Smoke])
+	b.WriteString("| scenario | metric | value | unit | note |\n|---|---|---:|---|---|\n")
+	for _, r := range rep.Results {
+		fmt.Fprintf(&b, "| %s | %s | %.2f | %s | %s |\n", r.Scenario, r.Metric, r.Value, r.Unit, r.Note)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	fmt.Print(b.String())
+	return nil
+}
+
+// server is one server process under test.
+type server struct {
+	cmd    *exec.Cmd
+	addr   string // host:port
+	secret string
+}
+
+func startServer(ctx context.Context, bin string, env ...string) (*server, error) {
+	s := &server{secret: "bench-secret"}
+	cmd := exec.CommandContext(ctx, bin, "serve")
+	cmd.Env = append(os.Environ(), "PORT=0", "JWT_SECRET="+s.secret,
+		"WEBSOCKET_PING_TIMEOUT=600000", "MAX_CONNECTIONS_PER_USER=100000", "HANDSHAKES_PER_SECOND=100000", "HANDSHAKE_BURST=100000")
+	if profile {
+		cmd.Env = append(cmd.Env, "PPROF=1")
+	}
+	cmd.Env = append(cmd.Env, env...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout = nil
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	s.cmd = cmd
+	found := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			if i := strings.Index(line, "addr="); i >= 0 && strings.Contains(line, "listening") {
+				a := strings.Fields(line[i+5:])[0]
+				found <- "127.0.0.1" + a[strings.LastIndex(a, ":"):]
+			} else if !strings.Contains(line, "level=INFO") {
+				fmt.Fprintln(os.Stderr, "server:", line)
+			}
+		}
+	}()
+	select {
+	case s.addr = <-found:
+	case <-time.After(15 * time.Second):
+		s.stop()
+		return nil, fmt.Errorf("server did not start")
+	}
+	return s, nil
+}
+
+func (s *server) stop() {
+	if s.cmd.Process != nil {
+		s.cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { s.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			s.cmd.Process.Kill()
+		}
+	}
+}
+
+// saveProfile stores a server profile (heap, goroutine, ...) under -out.
+func (s *server) saveProfile(kind, name string) {
+	if !profile {
+		return
+	}
+	resp, err := http.Get("http://" + s.addr + "/debug/pprof/" + kind)
+	if err != nil {
+		return
+	}
+	defer resp.Body.Close()
+	os.MkdirAll(outDir, 0o755)
+	f, err := os.Create(filepath.Join(outDir, name))
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	io.Copy(f, resp.Body)
+}
+
+// rss reads the server's resident set size in bytes.
+func (s *server) rss() (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(line[6:]), "%d", &kb)
+			return kb * 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS")
+}
+
+// metric reads one sample of a Prometheus metric without labels.
+func (s *server) metric(name string) (float64, error) {
+	resp, err := http.Get("http://" + s.addr + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<16), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, name+" ") {
+			var v float64
+			fmt.Sscanf(line[len(name)+1:], "%g", &v)
+			return v, nil
+		}
+	}
+	return 0, fmt.Errorf("metric %s not found", name)
+}

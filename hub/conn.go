@@ -1,0 +1,182 @@
+package hub
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// User is an authenticated identity, as the transport learned it from a token.
+type User struct {
+	ID       string
+	Name     string
+	Role     string   // "admin", "service" or ""
+	Projects []string // the token's projects claim (embedded mode access)
+}
+
+// Outlet is what the hub needs from a transport's connection. Neither method
+// may block: the hub calls them while fanning out.
+type Outlet interface {
+	// Wake says frames are waiting in the queue; the transport takes them
+	// with Conn.Pull.
+	Wake()
+	// Abort closes the connection at once with the given close code,
+	// dropping whatever is still queued.
+	Abort(code int, reason string)
+}
+
+// Conn is one client connection, of any transport. Its outgoing queue is
+// bounded: a connection that falls QueueLimit frames behind is aborted with
+// 4001 (the client resumes from its last seq), so a slow reader never blocks
+// a publisher and never loses an event silently.
+type Conn struct {
+	ID        uint64
+	Transport string
+	hub       *Hub
+	out       Outlet
+
+	user atomic.Pointer[User]
+
+	mu     sync.Mutex
+	queue  []*Frame
+	closed bool
+	rooms  map[string]*room // joined projects
+}
+
+// User returns the connection's current identity.
+func (c *Conn) User() *User { return c.user.Load() }
+
+// SetUser replaces the identity after a token refresh; the user id must not
+// change (the transport checks it).
+func (c *Conn) SetUser(u *User) { c.user.Store(u) }
+
+// Send queues a frame for this connection alone (replies, errors, pongs).
+// It reports false when the connection is closed or was just aborted.
+func (c *Conn) Send(f *Frame) bool {
+	return c.enqueue(f, false)
+}
+
+// CloseAfterFlush queues a close: the transport closes with code once the
+// frames queued before it are written.
+func (c *Conn) CloseAfterFlush(code int, reason string) {
+	c.enqueue(&Frame{CloseCode: code, CloseReason: reason}, true)
+}
+
+// Pull moves up to max queued frames (all when max <= 0) into dst and returns
+// it. The transport calls it after Wake, and again whenever it can write more.
+func (c *Conn) Pull(dst []*Frame, max int) []*Frame {
+	c.mu.Lock()
+	n := len(c.queue)
+	if max > 0 && n > max {
+		n = max
+	}
+	dst = append(dst, c.queue[:n]...)
+	clear(c.queue[:n])
+	if n == len(c.queue) {
+		if cap(c.queue) > 64 {
+			c.queue = nil // release a burst's backing array once drained
+		} else {
+			c.queue = c.queue[:0]
+		}
+	} else {
+		c.queue = c.queue[n:]
+	}
+	c.mu.Unlock()
+	return dst
+}
+
+// Pending returns how many frames wait in the queue.
+func (c *Conn) Pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.queue)
+}
+
+// Joined reports whether the connection is a member of the project's room.
+func (c *Conn) Joined(projectID string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.rooms[projectID]
+	return ok
+}
+
+// Projects lists the joined projects.
+func (c *Conn) Projects() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ids := make([]string, 0, len(c.rooms))
+	for id := range c.rooms {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// enqueue appends f. force skips the queue limit: replays on join and
+// control frames are bounded by their own limits.
+func (c *Conn) enqueue(f *Frame, force bool) bool {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	if !force && len(c.queue) >= c.hub.opts.QueueLimit {
+		c.closed = true
+		c.queue = nil
+		c.mu.Unlock()
+		c.hub.metrics.slowClosed.Inc()
+		c.out.Abort(CloseTooSlow, "too slow")
+		return false
+	}
+	wasEmpty := len(c.queue) == 0
+	c.queue = append(c.queue, f)
+	c.mu.Unlock()
+	if wasEmpty {
+		c.out.Wake()
+	}
+	return true
+}
+
+// enqueueMany appends a join's reply and replay as one unit, so nothing of the
+// room can slip between them.
+func (c *Conn) enqueueMany(fs []*Frame) bool {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	wasEmpty := len(c.queue) == 0
+	c.queue = append(c.queue, fs...)
+	c.mu.Unlock()
+	if wasEmpty && len(fs) > 0 {
+		c.out.Wake()
+	}
+	return true
+}
+
+// Close codes the hub itself decides (PROTOCOL section 3).
+const (
+	CloseGoingAway       = 1001
+	CloseTooSlow         = 4001
+	CloseUnauthenticated = 4401
+	CloseTooMany         = 4429
+)
+
+// userState is what the hub keeps per user across all of its connections.
+type userState struct {
+	conns   map[*Conn]struct{}
+	limiter *rate.Limiter
+}
+
+// allow takes one token from the user's bucket: MaxEvents tokens, refilled
+// evenly over the window, shared by all of the user's connections. It returns
+// how long until a token is free when there is none.
+func allow(l *rate.Limiter, now time.Time) (bool, time.Duration) {
+	r := l.ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return false, d
+	}
+	return true, 0
+}

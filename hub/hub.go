@@ -1,0 +1,492 @@
+// Package hub knows rooms, connections, sequences and fan-out. It knows
+// nothing of HTTP, WebSockets or SQL: transports register Conns, the store
+// rings the doorbell (Wake) and the hub reads new events through Source.
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Source is what the hub reads events from: the store.
+type Source interface {
+	// Head returns the project's latest seq (0 when it has none).
+	Head(ctx context.Context, projectID string) (int64, error)
+	// After returns, in order, at most limit events of the project with
+	// seq > after. complete is false when the event right after `after` is
+	// no longer held (pruned), so a resume from there is impossible.
+	After(ctx context.Context, projectID string, after int64, limit int) (events []Event, complete bool, err error)
+}
+
+// Access decides who may join a project.
+type Access interface {
+	// Role returns the user's role in the project, or an error wrapping
+	// ErrAccessDenied.
+	Role(ctx context.Context, u *User, projectID string) (string, error)
+}
+
+// Ephemeral is a message that is not stored: a typing indicator (to a
+// project's members but the sender) or a user-targeted event.
+type Ephemeral struct {
+	ProjectID string `json:"p,omitempty"` // typing: the room
+	UserID    string `json:"u,omitempty"` // user-targeted: the recipient
+	Except    string `json:"x,omitempty"` // typing: the sender's user id
+	Name      string `json:"n"`
+	JSON      []byte `json:"j"` // the encoded message
+}
+
+// Relay carries ephemeral messages to every instance, this one included,
+// which hands them back through Hub.DeliverEphemeral.
+type Relay interface {
+	PublishEphemeral(ctx context.Context, e Ephemeral) error
+}
+
+var (
+	ErrAccessDenied = errors.New("project access denied")
+	ErrNotInProject = errors.New("not in project")
+	ErrTooManyConns = errors.New("too many connections for this user")
+	ErrTooManyRooms = errors.New("too many projects joined on this connection")
+	ErrClosed       = errors.New("connection closed")
+)
+
+// Options configure a Hub. Zero values take the defaults.
+type Options struct {
+	Source Source
+	Access Access
+	Relay  Relay
+	Logger *slog.Logger
+
+	HistorySize     int           // events per room kept in memory for resume (default 256)
+	MaxReplay       int           // most events replayed on one join; beyond it recovered:false (default 2000)
+	QueueLimit      int           // frames queued per connection before 4001 (default 4096)
+	MaxConnsPerUser int           // default 100
+	MaxRoomsPerConn int           // default 200
+	RateWindow      time.Duration // default 60s
+	RateMaxEvents   int           // default 100
+	FetchBatch      int           // events read from the store at once (default 500)
+	Metrics         *Metrics      // default: NewMetrics(nil)
+}
+
+func (o *Options) defaults() {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&o.HistorySize, 256)
+	def(&o.MaxReplay, 2000)
+	def(&o.QueueLimit, 4096)
+	def(&o.MaxConnsPerUser, 100)
+	def(&o.MaxRoomsPerConn, 200)
+	def(&o.RateMaxEvents, 100)
+	def(&o.FetchBatch, 500)
+	if o.RateWindow <= 0 {
+		o.RateWindow = time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(nil)
+	}
+	if o.QueueLimit <= o.MaxReplay {
+		o.QueueLimit = o.MaxReplay + 64
+	}
+}
+
+// Hub is the transport-agnostic core: rooms per project, users and their
+// connections, and ordered, gap-free fan-out of each project's events.
+type Hub struct {
+	opts    Options
+	log     *slog.Logger
+	metrics *Metrics
+	nextID  atomic.Uint64
+	ctx     context.Context
+	cancel  context.CancelFunc
+
+	mu       sync.RWMutex
+	rooms    map[string]*room
+	users    map[string]*userState
+	conns    map[*Conn]struct{}
+	closing  bool
+	perTrans map[string]int
+}
+
+// New returns a hub. Close it to stop its background work.
+func New(opts Options) *Hub {
+	opts.defaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Hub{
+		opts:     opts,
+		log:      opts.Logger,
+		metrics:  opts.Metrics,
+		ctx:      ctx,
+		cancel:   cancel,
+		rooms:    make(map[string]*room),
+		users:    make(map[string]*userState),
+		conns:    make(map[*Conn]struct{}),
+		perTrans: make(map[string]int),
+	}
+}
+
+// Connect registers a new connection of user u.
+func (h *Hub) Connect(u *User, transport string, out Outlet) (*Conn, error) {
+	c := &Conn{ID: h.nextID.Add(1), Transport: transport, hub: h, out: out}
+	c.user.Store(u)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closing {
+		return nil, ErrClosed
+	}
+	us := h.users[u.ID]
+	if us == nil {
+		lim := rate.NewLimiter(rate.Limit(float64(h.opts.RateMaxEvents)/h.opts.RateWindow.Seconds()), h.opts.RateMaxEvents)
+		us = &userState{conns: make(map[*Conn]struct{}, 1), limiter: lim}
+		h.users[u.ID] = us
+	}
+	if len(us.conns) >= h.opts.MaxConnsPerUser {
+		return nil, ErrTooManyConns
+	}
+	us.conns[c] = struct{}{}
+	h.conns[c] = struct{}{}
+	h.perTrans[transport]++
+	h.metrics.connections.WithLabelValues(transport).Inc()
+	return c, nil
+}
+
+// Disconnect removes a connection from every room and from the hub. It is
+// safe to call more than once.
+func (h *Hub) Disconnect(c *Conn) {
+	c.mu.Lock()
+	c.closed = true
+	c.queue = nil
+	rooms := c.rooms
+	c.rooms = nil
+	c.mu.Unlock()
+	for _, r := range rooms {
+		h.removeMember(r, c)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.conns[c]; !ok {
+		return
+	}
+	delete(h.conns, c)
+	h.perTrans[c.Transport]--
+	h.metrics.connections.WithLabelValues(c.Transport).Dec()
+	uid := c.User().ID
+	if us := h.users[uid]; us != nil {
+		delete(us.conns, c)
+		if len(us.conns) == 0 {
+			// The limiter goes with the last connection: a user who
+			// reconnects at once gets a fresh bucket, which is the price of
+			// not keeping state for users who are gone.
+			delete(h.users, uid)
+		}
+	}
+}
+
+// Allow counts one client frame of the connection's user against the rate
+// limit. When it is refused, retryAfter says when the next frame may pass.
+func (h *Hub) Allow(c *Conn) (ok bool, retryAfter time.Duration) {
+	h.mu.RLock()
+	us := h.users[c.User().ID]
+	h.mu.RUnlock()
+	if us == nil {
+		return true, 0
+	}
+	ok, d := allow(us.limiter, time.Now())
+	if !ok {
+		h.metrics.rateLimited.Inc()
+	}
+	return ok, d
+}
+
+// JoinResult is the data of a joined_project message.
+type JoinResult struct {
+	ProjectID string `json:"projectId"`
+	Role      string `json:"role"`
+	Seq       int64  `json:"seq"`
+	Recovered *bool  `json:"recovered,omitempty"`
+}
+
+// Join adds c to the project's room. When since is set it replays every
+// event after it, or answers recovered:false when that is impossible. The
+// joined_project reply (carrying ack) is queued first, then the replay, then
+// live events: no gap and no duplicate, whatever is published meanwhile.
+func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64, ack json.RawMessage) (JoinResult, error) {
+	u := c.User()
+	role, err := h.opts.Access.Role(ctx, u, projectID)
+	if err != nil {
+		return JoinResult{}, err
+	}
+	c.mu.Lock()
+	_, already := c.rooms[projectID]
+	tooMany := !already && len(c.rooms) >= h.opts.MaxRoomsPerConn
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		return JoinResult{}, ErrClosed
+	}
+	if tooMany {
+		return JoinResult{}, ErrTooManyRooms
+	}
+	if already {
+		// A second join re-answers without replaying: the subscription
+		// already delivers every event in order.
+		r := h.roomOf(projectID)
+		var seq int64
+		if r != nil {
+			r.mu.Lock()
+			seq = r.seq
+			r.mu.Unlock()
+		}
+		res := JoinResult{ProjectID: projectID, Role: role, Seq: seq}
+		if since != nil {
+			t := true
+			res.Recovered = &t
+		}
+		c.Send(Reply("joined_project", "", res, ack))
+		return res, nil
+	}
+
+	// A replay that reaches past the room's memory is read from the store
+	// outside the room lock, then stitched to the room's memory; when the
+	// room moved on past its memory meanwhile, read again (bounded).
+	var fetched []*Frame
+	var fetchedTo int64 = -1 // fetched covers (since, fetchedTo]
+	pruned := false
+	for attempt := 0; ; attempt++ {
+		r, err := h.openRoom(ctx, projectID) // returns r locked
+		if err != nil {
+			return JoinResult{}, err
+		}
+		head := r.seq
+		res := JoinResult{ProjectID: projectID, Role: role, Seq: head}
+		var replay []*Frame
+		if since != nil {
+			s := *since
+			recovered := true
+			switch {
+			case pruned || s < 0 || s > head || head-s > int64(h.opts.MaxReplay):
+				recovered = false
+			case s == head:
+			case r.covers(s):
+				replay = r.since(s)
+			case fetchedTo >= 0 && r.covers(fetchedTo):
+				replay = append(fetched, r.since(fetchedTo)...)
+			case attempt < 3:
+				r.mu.Unlock()
+				h.releaseRoom(r)
+				fetched, fetchedTo, pruned, err = h.fetch(ctx, projectID, s, head)
+				if err != nil {
+					return JoinResult{}, err
+				}
+				continue
+			default:
+				recovered = false
+			}
+			res.Recovered = &recovered
+		}
+		frames := make([]*Frame, 0, 1+len(replay))
+		frames = append(frames, Reply("joined_project", "", res, ack))
+		frames = append(frames, replay...)
+		ok := r.addLocked(c, head, frames)
+		r.mu.Unlock()
+		if !ok {
+			h.releaseRoom(r)
+			return JoinResult{}, ErrClosed
+		}
+		h.metrics.joins.Inc()
+		return res, nil
+	}
+}
+
+// fetch reads the project's events in (after, to] from the store and encodes
+// them. pruned reports that the store no longer holds them all.
+func (h *Hub) fetch(ctx context.Context, projectID string, after, to int64) (frames []*Frame, fetchedTo int64, pruned bool, err error) {
+	fetchedTo = after
+	for fetchedTo < to {
+		evs, complete, err := h.opts.Source.After(ctx, projectID, fetchedTo, int(to-fetchedTo))
+		if err != nil {
+			return nil, -1, false, err
+		}
+		if !complete {
+			return nil, -1, true, nil
+		}
+		if len(evs) == 0 {
+			break
+		}
+		for _, e := range evs {
+			if e.Seq != fetchedTo+1 {
+				return nil, -1, true, nil // a hole in the store: treat as lost
+			}
+			frames = append(frames, EventFrame(e))
+			fetchedTo = e.Seq
+		}
+	}
+	h.metrics.storeReplays.Inc()
+	return frames, fetchedTo, false, nil
+}
+
+// Leave removes c from the project's room.
+func (h *Hub) Leave(c *Conn, projectID string) error {
+	c.mu.Lock()
+	r, ok := c.rooms[projectID]
+	delete(c.rooms, projectID)
+	c.mu.Unlock()
+	if !ok {
+		return ErrNotInProject
+	}
+	h.removeMember(r, c)
+	return nil
+}
+
+// Typing relays a typing indicator of c's user to the project's other
+// members, on every instance. The sender must have joined the project.
+func (h *Hub) Typing(ctx context.Context, c *Conn, projectID, storyID string, start bool) error {
+	if !c.Joined(projectID) {
+		return ErrNotInProject
+	}
+	u := c.User()
+	name := "typing_stop"
+	if start {
+		name = "typing_start"
+	}
+	f := Reply(name, projectID, map[string]string{"storyId": storyID, "userId": u.ID, "userName": u.Name}, nil)
+	return h.opts.Relay.PublishEphemeral(ctx, Ephemeral{ProjectID: projectID, Except: u.ID, Name: name, JSON: f.JSON})
+}
+
+// UserEvent encodes a user-targeted event and relays it to that user's
+// connections on every instance.
+func (h *Hub) UserEvent(ctx context.Context, userID, name string, data json.RawMessage) error {
+	b, err := json.Marshal(struct {
+		Event string          `json:"event"`
+		TS    int64           `json:"ts"`
+		Data  json.RawMessage `json:"data"`
+	}{name, time.Now().UnixMilli(), data})
+	if err != nil {
+		return err
+	}
+	return h.opts.Relay.PublishEphemeral(ctx, Ephemeral{UserID: userID, Name: name, JSON: b})
+}
+
+// DeliverEphemeral hands an ephemeral message, from this instance or
+// another, to its local recipients.
+func (h *Hub) DeliverEphemeral(e Ephemeral) {
+	f := &Frame{Name: e.Name, ProjectID: e.ProjectID, JSON: e.JSON}
+	if e.ProjectID != "" {
+		r := h.roomOf(e.ProjectID)
+		if r == nil {
+			return
+		}
+		r.mu.Lock()
+		for _, m := range r.members {
+			if m.conn.User().ID != e.Except {
+				m.conn.enqueue(f, false)
+			}
+		}
+		r.mu.Unlock()
+		return
+	}
+	h.mu.RLock()
+	var targets []*Conn
+	if us := h.users[e.UserID]; us != nil {
+		for c := range us.conns {
+			targets = append(targets, c)
+		}
+	}
+	h.mu.RUnlock()
+	for _, c := range targets {
+		c.enqueue(f, false)
+	}
+}
+
+// Revoke removes the user's connections from the project's room at once and
+// tells them with left_project, reason access_revoked.
+func (h *Hub) Revoke(projectID, userID string) {
+	r := h.roomOf(projectID)
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	var gone []*Conn
+	for _, m := range append([]*member(nil), r.members...) {
+		if m.conn.User().ID == userID {
+			r.removeLocked(m.conn)
+			gone = append(gone, m.conn)
+		}
+	}
+	empty := len(r.members) == 0
+	r.mu.Unlock()
+	for _, c := range gone {
+		c.mu.Lock()
+		if c.rooms[projectID] == r {
+			delete(c.rooms, projectID)
+		}
+		c.mu.Unlock()
+		c.Send(Reply("left_project", "", map[string]string{"projectId": projectID, "reason": "access_revoked"}, nil))
+	}
+	if empty {
+		h.releaseRoom(r)
+	}
+	if len(gone) > 0 {
+		h.log.Info("access revoked", "project", projectID, "user", userID, "connections", len(gone))
+	}
+}
+
+// Wake is the store's doorbell: the project has new events. The room, if any
+// member is here, reads them from the store and fans them out in seq order.
+func (h *Hub) Wake(projectID string) {
+	if r := h.roomOf(projectID); r != nil {
+		h.wakeRoom(r)
+	}
+}
+
+// WakeAll rings every room: after a lost notification channel nobody knows
+// which projects have news.
+func (h *Hub) WakeAll() {
+	h.mu.RLock()
+	rooms := make([]*room, 0, len(h.rooms))
+	for _, r := range h.rooms {
+		rooms = append(rooms, r)
+	}
+	h.mu.RUnlock()
+	for _, r := range rooms {
+		h.wakeRoom(r)
+	}
+}
+
+// Shutdown sends server_shutdown to every connection, then a close with 1001
+// once that message is written. New connections are refused from now on.
+func (h *Hub) Shutdown(reconnectAfter time.Duration) {
+	h.mu.Lock()
+	h.closing = true
+	conns := make([]*Conn, 0, len(h.conns))
+	for c := range h.conns {
+		conns = append(conns, c)
+	}
+	h.mu.Unlock()
+	f := Reply("server_shutdown", "", map[string]any{"message": "server shutting down", "reconnectAfterMs": reconnectAfter.Milliseconds()}, nil)
+	for _, c := range conns {
+		c.enqueue(f, true)
+		c.CloseAfterFlush(CloseGoingAway, "server shutting down")
+	}
+}
+
+// Close stops the hub's background work.
+func (h *Hub) Close() { h.cancel() }
+
+// Len returns the number of open connections.
+func (h *Hub) Len() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.conns)
+}

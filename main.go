@@ -1,0 +1,350 @@
+// Command sagapush is Saga push, the real-time push service of Saga: it only
+// wires configuration, the store, the hub, the transports and the HTTP
+// surface together.
+//
+//	sagapush [serve]   run the server
+//	sagapush migrate   apply the database migrations and exit
+//	sagapush token     print a signed token (JWT_SECRET) for development
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"sagapush/auth"
+	"sagapush/handlers"
+	"sagapush/hub"
+	"sagapush/store"
+	"sagapush/transports"
+	"sagapush/web"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "serve":
+		err = serve(args, stdout, stderr)
+	case "migrate":
+		err = migrate(stderr)
+	case "token":
+		err = token(args, stdout)
+	case "help", "-h", "--help":
+		fmt.Fprintln(stdout, "usage: sagapush [serve] | migrate | token --user ID [--name N] [--role admin|service] [--projects P1,P2] [--ttl 15m]")
+		return 0
+	default:
+		err = fmt.Errorf("unknown command %q (serve, migrate, token)", cmd)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "sagapush:", err)
+		return 1
+	}
+	return 0
+}
+
+// config is the environment of PROTOCOL section 1, plus the operator's knobs
+// documented in the README.
+type config struct {
+	Port            string
+	DatabaseURL     string
+	JWTSecret       string
+	JWTPublicKey    string
+	JWTJWKSURL      string
+	JWTIssuer       string
+	JWTAudience     string
+	Origins         []string
+	PingInterval    time.Duration
+	PingTimeout     time.Duration
+	RateWindow      time.Duration
+	RateMax         int
+	SSEHeartbeat    time.Duration
+	MaxConnsPerUser int
+	HandshakeRate   float64
+	HandshakeBurst  int
+	ShutdownGrace   time.Duration
+	ReconnectAfter  time.Duration
+	AutoMigrate     bool
+	Retention       time.Duration
+	CompressAbove   int
+	QueueLimit      int
+	HistorySize     int
+	MaxReplay       int
+	MemoryHistory   int
+	AuthTimeout     time.Duration
+	LogLevel        slog.Level
+}
+
+func loadConfig() (config, error) {
+	var errs []error
+	ms := func(name string, def int) time.Duration {
+		return time.Duration(intEnv(name, def, &errs)) * time.Millisecond
+	}
+	c := config{
+		Port:            envOr("PORT", "3001"),
+		DatabaseURL:     os.Getenv("DATABASE_URL"),
+		JWTSecret:       os.Getenv("JWT_SECRET"),
+		JWTPublicKey:    os.Getenv("JWT_PUBLIC_KEY_FILE"),
+		JWTJWKSURL:      os.Getenv("JWT_JWKS_URL"),
+		JWTIssuer:       os.Getenv("JWT_ISSUER"),
+		JWTAudience:     os.Getenv("JWT_AUDIENCE"),
+		PingInterval:    ms("WEBSOCKET_PING_INTERVAL", 25000),
+		PingTimeout:     ms("WEBSOCKET_PING_TIMEOUT", 60000),
+		RateWindow:      ms("RATE_LIMIT_WINDOW_MS", 60000),
+		RateMax:         intEnv("RATE_LIMIT_MAX_EVENTS", 100, &errs),
+		SSEHeartbeat:    ms("SSE_HEARTBEAT_MS", 15000),
+		MaxConnsPerUser: intEnv("MAX_CONNECTIONS_PER_USER", 100, &errs),
+		HandshakeRate:   float64(intEnv("HANDSHAKES_PER_SECOND", 1000, &errs)),
+		HandshakeBurst:  intEnv("HANDSHAKE_BURST", 1000, &errs),
+		ShutdownGrace:   ms("SHUTDOWN_GRACE_MS", 10000),
+		ReconnectAfter:  ms("RECONNECT_AFTER_MS", 2000),
+		AutoMigrate:     envOr("AUTO_MIGRATE", "true") != "false",
+		Retention:       time.Duration(intEnv("EVENT_RETENTION_HOURS", 7*24, &errs)) * time.Hour,
+		CompressAbove:   intEnv("WS_COMPRESS_ABOVE", 1024, &errs),
+		QueueLimit:      intEnv("QUEUE_LIMIT", 4096, &errs),
+		HistorySize:     intEnv("ROOM_HISTORY", 256, &errs),
+		MaxReplay:       intEnv("MAX_REPLAY", 2000, &errs),
+		MemoryHistory:   intEnv("EMBEDDED_HISTORY", 10000, &errs),
+		AuthTimeout:     ms("AUTH_TIMEOUT_MS", 10000),
+	}
+	for _, o := range strings.Split(os.Getenv("WEBSOCKET_CORS_ORIGIN"), ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			c.Origins = append(c.Origins, o)
+		}
+	}
+	c.LogLevel = slog.LevelInfo
+	if os.Getenv("DEBUG") == "1" {
+		c.LogLevel = slog.LevelDebug
+	}
+	if lv := os.Getenv("LOG_LEVEL"); lv != "" {
+		if err := c.LogLevel.UnmarshalText([]byte(lv)); err != nil {
+			errs = append(errs, fmt.Errorf("LOG_LEVEL: %w", err))
+		}
+	}
+	return c, errors.Join(errs...)
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func intEnv(name string, def int, errs *[]error) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		*errs = append(*errs, fmt.Errorf("%s must be a non-negative integer, not %q", name, v))
+		return def
+	}
+	return n
+}
+
+func serve(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	port := fs.String("port", "", "HTTP port (PORT)")
+	noMigrate := fs.Bool("no-migrate", false, "do not apply migrations at start (AUTO_MIGRATE=false)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	if *port != "" {
+		cfg.Port = *port
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	slog.SetDefault(log)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	var st store.Store
+	if cfg.DatabaseURL != "" {
+		if cfg.AutoMigrate && !*noMigrate {
+			if err := store.Migrate(ctx, cfg.DatabaseURL); err != nil {
+				return fmt.Errorf("migrate: %w", err)
+			}
+		}
+		pg, err := store.OpenPostgres(ctx, cfg.DatabaseURL, store.PostgresOptions{Retention: cfg.Retention, Logger: log})
+		if err != nil {
+			return err
+		}
+		st = pg
+	} else {
+		st = store.NewMemory(cfg.MemoryHistory)
+	}
+	defer st.Close()
+
+	embeddedDemo := false
+	if st.Mode() == "embedded" && cfg.JWTSecret == "" && cfg.JWTPublicKey == "" && cfg.JWTJWKSURL == "" {
+		b := make([]byte, 32)
+		rand.Read(b)
+		cfg.JWTSecret = hex.EncodeToString(b)
+		embeddedDemo = true
+	}
+	verifier, err := auth.NewVerifier(ctx, auth.Config{
+		Secret: []byte(cfg.JWTSecret), PublicKeyFile: cfg.JWTPublicKey, JWKSURL: cfg.JWTJWKSURL,
+		Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience,
+	})
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	h := hub.New(hub.Options{
+		Source: st, Access: st, Relay: st, Logger: log, Metrics: hub.NewMetrics(reg),
+		MaxConnsPerUser: cfg.MaxConnsPerUser, RateWindow: cfg.RateWindow, RateMaxEvents: cfg.RateMax,
+		QueueLimit: cfg.QueueLimit, HistorySize: cfg.HistorySize, MaxReplay: cfg.MaxReplay,
+	})
+	defer h.Close()
+	if err := st.Start(ctx, h); err != nil {
+		return err
+	}
+
+	authn := &transports.Authenticator{Verifier: verifier, Users: st}
+	handshakes := transports.NewAddrLimiter(cfg.HandshakeRate, cfg.HandshakeBurst)
+	ws := transports.NewWebSocket(h, authn, transports.WSOptions{
+		PingInterval: cfg.PingInterval, PingTimeout: cfg.PingTimeout, AuthTimeout: cfg.AuthTimeout, Origins: cfg.Origins,
+		Handshakes: handshakes, Logger: log, CompressAbove: cfg.CompressAbove,
+	})
+	sse := transports.NewSSE(h, authn, transports.SSEOptions{
+		Heartbeat: cfg.SSEHeartbeat, Origins: cfg.Origins, Handshakes: handshakes, Logger: log,
+	})
+	e := handlers.New(handlers.Config{
+		Hub: h, Store: st, Auth: authn, WS: ws, SSE: sse, Origins: cfg.Origins,
+		Gatherer: reg, Web: web.Files, Logger: log, Pprof: os.Getenv("PPROF") == "1",
+	})
+
+	ln, err := net.Listen("tcp", ":"+cfg.Port)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: e, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("listening", "addr", ln.Addr().String(), "mode", st.Mode())
+	if embeddedDemo {
+		printDemo(stdout, []byte(cfg.JWTSecret), ln.Addr().(*net.TCPAddr).Port)
+	}
+
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "connections", h.Len(), "grace", cfg.ShutdownGrace)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+	defer cancel()
+	// Clients first: they get server_shutdown, then a close with 1001 once
+	// it is written; new connections are refused from here on.
+	h.Shutdown(cfg.ReconnectAfter)
+	ws.Shutdown(cfg.ReconnectAfter)
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		log.Warn("http shutdown", "err", err)
+	}
+	// Hijacked WebSockets are not tracked by http.Server: wait for them to
+	// close on their own, then close what is left.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for ws.Len() > 0 && shutdownCtx.Err() == nil {
+		<-tick.C
+	}
+	ws.CloseAll()
+	log.Info("stopped")
+	return nil
+}
+
+func printDemo(w io.Writer, secret []byte, port int) {
+	user, _ := auth.Mint(secret, auth.Claims{UserID: "demo-user", Name: "Demo User", Projects: []string{"demo-project"}}, 24*time.Hour)
+	service, _ := auth.Mint(secret, auth.Claims{UserID: "demo-backend", Role: "service"}, 24*time.Hour)
+	base := fmt.Sprintf("http://localhost:%d", port)
+	fmt.Fprintf(w, `
+Saga push is running in embedded mode (no DATABASE_URL): events live in memory.
+
+  Demo page:   %s/?token=%s&project=demo-project&serviceToken=%s
+  WebSocket:   websocat '%s/ws?token=%s'
+                 then send {"event":"join_project","data":{"projectId":"demo-project"},"ack":1}
+  Publish:     curl -X POST %s/api/events -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' \
+                 -d '{"projectId":"demo-project","event":"story_uploaded","data":{"story":{"id":"s1","title":"First day of school"}}}'
+  Health:      curl %s/api/websocket/health
+
+These tokens are signed with a secret generated at start; set JWT_SECRET to keep them across restarts.
+`, base, user, service, strings.Replace(base, "http", "ws", 1), user, base, service, base)
+}
+
+func migrate(stderr io.Writer) error {
+	url := os.Getenv("DATABASE_URL")
+	if url == "" {
+		return errors.New("DATABASE_URL is not set")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := store.Migrate(ctx, url); err != nil {
+		return err
+	}
+	fmt.Fprintln(stderr, "migrations applied")
+	return nil
+}
+
+func token(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("token", flag.ContinueOnError)
+	user := fs.String("user", "", "user id (required)")
+	name := fs.String("name", "", "display name")
+	role := fs.String("role", "", "admin or service")
+	projects := fs.String("projects", "", "comma list of project ids (embedded mode access)")
+	ttl := fs.Duration("ttl", 15*time.Minute, "lifetime")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	secret := os.Getenv("JWT_SECRET")
+	switch {
+	case *user == "":
+		return errors.New("--user is required")
+	case secret == "":
+		return errors.New("JWT_SECRET is not set")
+	case *role != "" && *role != "admin" && *role != "service":
+		return errors.New("--role must be admin or service")
+	}
+	c := auth.Claims{UserID: *user, Name: *name, Role: *role}
+	for _, p := range strings.Split(*projects, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			c.Projects = append(c.Projects, p)
+		}
+	}
+	t, err := auth.Mint([]byte(secret), c, *ttl)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, t)
+	return nil
+}

@@ -1,0 +1,52 @@
+// Package store owns where events live: Postgres (events stored by triggers,
+// LISTEN/NOTIFY as the doorbell) or, in embedded mode, memory. It decides
+// project access and carries ephemeral messages between instances. It knows
+// nothing of transports.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+
+	"sagapush/hub"
+)
+
+// Store is the event store the service runs on.
+type Store interface {
+	hub.Source
+	hub.Access
+	hub.Relay
+	// Publish stores a domain event and returns its seq; it reaches the hub
+	// through the doorbell like any trigger event.
+	Publish(ctx context.Context, projectID, name string, data json.RawMessage) (int64, error)
+	// UserExists tells whether a user id may connect.
+	UserExists(ctx context.Context, userID string) (bool, error)
+	// Healthy returns nil when the store and its notification channel work.
+	Healthy(ctx context.Context) error
+	// Mode is "embedded" or "postgres".
+	Mode() string
+	// Start begins handing doorbells, revocations and ephemeral messages to
+	// sink, until ctx ends.
+	Start(ctx context.Context, sink Sink) error
+	Close() error
+}
+
+// Sink receives what the store learns. *hub.Hub is one.
+type Sink interface {
+	Wake(projectID string)
+	WakeAll()
+	Revoke(projectID, userID string)
+	DeliverEphemeral(e hub.Ephemeral)
+}
+
+// EventNames are the domain events of PROTOCOL section 5, the only names
+// Publish takes.
+var EventNames = map[string]bool{
+	"story_uploaded": true, "story_processing": true, "story_processed": true,
+	"transcript_updated": true, "interaction_added": true, "interaction_updated": true,
+	"export_started": true, "export_progress": true, "export_ready": true, "export_failed": true,
+}
+
+// ErrUnknownEvent is returned by Publish for a name outside EventNames.
+var ErrUnknownEvent = errors.New("unknown event")

@@ -1,0 +1,575 @@
+package transports
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/olahol/melody"
+
+	"sagapush/auth"
+	"sagapush/hub"
+)
+
+// WebSocket close codes of PROTOCOL section 3 that this transport decides.
+const (
+	closePolicy     = 1008
+	closeNoAuth     = 4408
+	closeUnauthed   = hub.CloseUnauthenticated
+	closeTooManyWS  = hub.CloseTooMany
+	wsTransportName = "websocket"
+)
+
+// WSOptions configure the WebSocket transport.
+type WSOptions struct {
+	PingInterval   time.Duration // default 25s
+	PingTimeout    time.Duration // default 60s: silence before close
+	AuthTimeout    time.Duration // default 10s: the auth frame's deadline
+	MaxMessageSize int64         // default 16 KiB (bigger frames: close 1009)
+	// Credit is how many frames may wait in melody's buffer at once; the
+	// rest wait in the hub's queue, which holds nothing while idle.
+	Credit int // default 8
+	// CompressAbove is the smallest message compressed when the client
+	// offered permessage-deflate; 0 disables compression.
+	CompressAbove int
+	Origins       Origins
+	Handshakes    *AddrLimiter
+	Logger        *slog.Logger
+	ReadBuffer    int // gorilla read buffer (default 512)
+	WriteBuffer   int // gorilla write buffer, pooled (default 4096)
+}
+
+// WebSocket serves GET /ws with melody.
+type WebSocket struct {
+	hub  *hub.Hub
+	auth *Authenticator
+	opts WSOptions
+	m    *melody.Melody
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	clients map[*wsClient]struct{}
+	closing bool
+}
+
+// NewWebSocket returns the transport.
+func NewWebSocket(h *hub.Hub, a *Authenticator, opts WSOptions) *WebSocket {
+	if opts.PingInterval <= 0 {
+		opts.PingInterval = 25 * time.Second
+	}
+	if opts.PingTimeout <= 0 {
+		opts.PingTimeout = 60 * time.Second
+	}
+	if opts.AuthTimeout <= 0 {
+		opts.AuthTimeout = 10 * time.Second
+	}
+	if opts.MaxMessageSize <= 0 {
+		opts.MaxMessageSize = 16 << 10
+	}
+	if opts.Credit <= 0 {
+		opts.Credit = 8
+	}
+	if opts.ReadBuffer <= 0 {
+		opts.ReadBuffer = 512
+	}
+	if opts.WriteBuffer <= 0 {
+		opts.WriteBuffer = 4096
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	m := melody.New()
+	m.Config.PingPeriod = opts.PingInterval
+	m.Config.PongWait = opts.PingTimeout
+	m.Config.MaxMessageSize = opts.MaxMessageSize // melody's default is 512 bytes
+	m.Config.MessageBufferSize = opts.Credit + 4  // room for close frames beyond the credit
+	m.Config.WriteWait = 10 * time.Second
+	m.Upgrader = &websocket.Upgrader{
+		ReadBufferSize:  opts.ReadBuffer,
+		WriteBufferSize: opts.WriteBuffer,
+		// Write buffers are taken from the pool only while a message is
+		// being written, so an idle connection holds none.
+		WriteBufferPool:   &sync.Pool{},
+		EnableCompression: opts.CompressAbove > 0,
+		// melody's default allows every origin; ServeHTTP checks it and
+		// closes with 1008 so that browsers see why.
+		CheckOrigin:      func(*http.Request) bool { return true },
+		HandshakeTimeout: 10 * time.Second,
+	}
+	ws := &WebSocket{hub: h, auth: a, opts: opts, m: m, log: opts.Logger, clients: make(map[*wsClient]struct{})}
+	m.HandleConnect(ws.onConnect)
+	m.HandleDisconnect(ws.onDisconnect)
+	m.HandleMessage(ws.onMessage)
+	m.HandleMessageBinary(func(s *melody.Session, _ []byte) {
+		if c := clientOf(s); c != nil {
+			c.touch()
+			c.replyError(hub.ErrorData{Code: "INVALID_MESSAGE", Message: "binary frames are not accepted"}, nil)
+		}
+	})
+	m.HandleSentMessage(func(s *melody.Session, _ []byte) {
+		if c := clientOf(s); c != nil {
+			c.sent()
+		}
+	})
+	m.HandleError(func(s *melody.Session, err error) {
+		if errors.Is(err, melody.ErrMessageBufferFull) {
+			// Cannot happen while credit is respected; never drop silently.
+			if c := clientOf(s); c != nil {
+				c.Abort(hub.CloseTooSlow, "too slow")
+			}
+		}
+	})
+	return ws
+}
+
+// ServeHTTP authenticates a header or query token before the upgrade (401
+// without upgrade when it fails), then hands the connection to melody.
+func (ws *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	metrics := ws.hub.Metrics().Handshakes
+	if !ws.opts.Handshakes.Allow(r) {
+		metrics.WithLabelValues(wsTransportName, "rate_limited").Inc()
+		w.Header().Set("Retry-After", "1")
+		WriteHTTPError(w, http.StatusTooManyRequests, "RATE_LIMIT_EXCEEDED", "too many connection attempts from this address")
+		return
+	}
+	c := &wsClient{ws: ws}
+	if !ws.opts.Origins.Allowed(r) {
+		c.rejectOrigin = true
+	} else if token := TokenFromRequest(r); token != "" {
+		u, exp, e := ws.auth.Authenticate(r.Context(), token)
+		if e != nil {
+			metrics.WithLabelValues(wsTransportName, "unauthorized").Inc()
+			WriteHTTPError(w, HTTPStatus(e), e.Code, e.Message)
+			return
+		}
+		conn, err := ws.hub.Connect(u, wsTransportName, c)
+		if err != nil {
+			metrics.WithLabelValues(wsTransportName, "refused").Inc()
+			status := http.StatusTooManyRequests
+			if errors.Is(err, hub.ErrClosed) {
+				status = http.StatusServiceUnavailable
+			}
+			WriteHTTPError(w, status, "RATE_LIMIT_EXCEEDED", err.Error())
+			return
+		}
+		c.conn, c.expires = conn, exp
+	}
+	// melody runs the read loop on the goroutine that calls it. Run it on a
+	// fresh one and return from the HTTP handler once upgraded: net/http then
+	// lets go of its request, response and 8 KiB of buffers, which it would
+	// otherwise pin for the connection's whole life.
+	c.upgraded = make(chan struct{})
+	go func() {
+		err := ws.m.HandleRequestWithKeys(w, r, map[string]any{clientKey: c})
+		if err != nil {
+			// gorilla already answered the failed upgrade.
+			metrics.WithLabelValues(wsTransportName, "upgrade_failed").Inc()
+			if c.conn != nil {
+				ws.hub.Disconnect(c.conn)
+			}
+			close(c.upgraded)
+		}
+	}()
+	<-c.upgraded
+}
+
+// Shutdown writes server_shutdown and a 1001 close to connections that the
+// hub does not know yet (no auth frame so far); the hub's Shutdown handles
+// the others.
+func (ws *WebSocket) Shutdown(reconnectAfter time.Duration) {
+	ws.mu.Lock()
+	ws.closing = true
+	var pending []*wsClient
+	for c := range ws.clients {
+		pending = append(pending, c)
+	}
+	ws.mu.Unlock()
+	f := hub.Reply("server_shutdown", "", map[string]any{"message": "server shutting down", "reconnectAfterMs": reconnectAfter.Milliseconds()}, nil)
+	for _, c := range pending {
+		if c.hubConn() == nil {
+			c.direct(f.JSON)
+			c.closeWith(hub.CloseGoingAway, "server shutting down")
+		}
+	}
+}
+
+// CloseAll closes every remaining socket at once: http.Server.Shutdown does
+// not track hijacked connections.
+func (ws *WebSocket) CloseAll() {
+	ws.mu.Lock()
+	var all []*wsClient
+	for c := range ws.clients {
+		all = append(all, c)
+	}
+	ws.mu.Unlock()
+	for _, c := range all {
+		c.Abort(hub.CloseGoingAway, "server shutting down")
+	}
+}
+
+// Len counts open WebSocket sessions, authenticated or not.
+func (ws *WebSocket) Len() int {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return len(ws.clients)
+}
+
+const clientKey = "c"
+
+func clientOf(s *melody.Session) *wsClient {
+	v, _ := s.Get(clientKey)
+	c, _ := v.(*wsClient)
+	return c
+}
+
+func (ws *WebSocket) onConnect(s *melody.Session) {
+	c := clientOf(s)
+	s.Request = nil // melody keeps it for the session's life; nothing here needs it
+	c.mu.Lock()
+	c.sess = s
+	c.mu.Unlock()
+	close(c.upgraded)
+	ws.mu.Lock()
+	ws.clients[c] = struct{}{}
+	closing := ws.closing
+	ws.mu.Unlock()
+	ws.hub.Metrics().Handshakes.WithLabelValues(wsTransportName, "ok").Inc()
+	switch {
+	case c.rejectOrigin:
+		c.closeWith(closePolicy, "origin not allowed")
+		return
+	case closing:
+		c.closeWith(hub.CloseGoingAway, "server shutting down")
+		return
+	}
+	c.mu.Lock()
+	if c.conn == nil {
+		c.timer = time.AfterFunc(ws.opts.AuthTimeout, func() {
+			if c.hubConn() == nil {
+				c.closeWith(closeNoAuth, "no auth frame in time")
+			}
+		})
+	} else {
+		c.armExpiryLocked()
+	}
+	c.mu.Unlock()
+	// Frames may have been queued between Connect and now.
+	c.Wake()
+}
+
+func (ws *WebSocket) onDisconnect(s *melody.Session) {
+	c := clientOf(s)
+	c.mu.Lock()
+	c.gone = true
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	conn := c.conn
+	c.mu.Unlock()
+	ws.mu.Lock()
+	delete(ws.clients, c)
+	ws.mu.Unlock()
+	if conn != nil {
+		ws.hub.Disconnect(conn)
+	}
+}
+
+func (ws *WebSocket) onMessage(s *melody.Session, msg []byte) {
+	c := clientOf(s)
+	c.touch()
+	f, err := DecodeClientFrame(msg)
+	if err != nil {
+		c.replyError(hub.ErrorData{Code: "INVALID_MESSAGE", Message: err.Error()}, f.Ack)
+		return
+	}
+	conn := c.hubConn()
+	ws.hub.Metrics().MessagesIn.WithLabelValues(wsTransportName, metricEvent(f.Event)).Inc()
+	if f.Event == "auth" {
+		c.handleAuth(f)
+		return
+	}
+	if conn == nil {
+		c.replyError(hub.ErrorData{Code: "UNAUTHORIZED", Message: "authenticate first with an auth frame"}, f.Ack)
+		return
+	}
+	if ok, retry := ws.hub.Allow(conn); !ok {
+		c.replyError(hub.ErrorData{Code: "RATE_LIMIT_EXCEEDED", Message: "too many events", RetryAfterMs: max(retry.Milliseconds(), 1)}, f.Ack)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	switch f.Event {
+	case "join_project":
+		ref, err := decodeProjectRef(f.Data)
+		if err != nil {
+			c.replyError(hub.ErrorData{Code: "INVALID_MESSAGE", Message: err.Error()}, f.Ack)
+			return
+		}
+		if _, err := ws.hub.Join(ctx, conn, ref.ProjectID, ref.Since, f.Ack); err != nil {
+			c.replyError(joinError(err, ref.ProjectID), f.Ack)
+		}
+	case "leave_project":
+		ref, err := decodeProjectRef(f.Data)
+		if err != nil {
+			c.replyError(hub.ErrorData{Code: "INVALID_MESSAGE", Message: err.Error()}, f.Ack)
+			return
+		}
+		if err := ws.hub.Leave(conn, ref.ProjectID); err != nil {
+			c.replyError(hub.ErrorData{Code: "NOT_IN_PROJECT", Message: "not joined to this project", ProjectID: ref.ProjectID}, f.Ack)
+			return
+		}
+		conn.Send(hub.Reply("left_project", "", map[string]string{"projectId": ref.ProjectID, "reason": "requested"}, f.Ack))
+	case "ping":
+		conn.Send(hub.Reply("pong", "", map[string]int64{"ts": time.Now().UnixMilli()}, f.Ack))
+	case "typing_start", "typing_stop":
+		t, err := decodeTyping(f.Data)
+		if err != nil {
+			c.replyError(hub.ErrorData{Code: "INVALID_MESSAGE", Message: err.Error()}, f.Ack)
+			return
+		}
+		err = ws.hub.Typing(ctx, conn, t.ProjectID, t.StoryID, f.Event == "typing_start")
+		switch {
+		case errors.Is(err, hub.ErrNotInProject):
+			c.replyError(hub.ErrorData{Code: "NOT_IN_PROJECT", Message: "join the project before typing", ProjectID: t.ProjectID}, f.Ack)
+		case err != nil:
+			c.replyError(hub.ErrorData{Code: "INTERNAL_ERROR", Message: "typing could not be relayed"}, f.Ack)
+		}
+	default:
+		c.replyError(hub.ErrorData{Code: "UNKNOWN_EVENT", Message: "unknown event"}, f.Ack)
+	}
+}
+
+// joinError maps a hub.Join error to the protocol's error.
+func joinError(err error, projectID string) hub.ErrorData {
+	switch {
+	case errors.Is(err, hub.ErrAccessDenied):
+		return hub.ErrorData{Code: "PROJECT_ACCESS_DENIED", Message: "you may not access this project", ProjectID: projectID}
+	case errors.Is(err, hub.ErrTooManyRooms):
+		return hub.ErrorData{Code: "JOIN_PROJECT_ERROR", Message: err.Error(), ProjectID: projectID}
+	default:
+		return hub.ErrorData{Code: "JOIN_PROJECT_ERROR", Message: "the project could not be joined now", ProjectID: projectID}
+	}
+}
+
+// metricEvent keeps the metric's label set bounded.
+func metricEvent(name string) string {
+	switch name {
+	case "auth", "join_project", "leave_project", "ping", "typing_start", "typing_stop":
+		return name
+	}
+	return "other"
+}
+
+// TokenFromRequest returns the bearer token of the Authorization header, or
+// else the token query parameter.
+func TokenFromRequest(r *http.Request) string { return auth.TokenFromRequest(r) }
+
+// wsClient is one WebSocket session: the hub connection's Outlet and the
+// state melody does not keep.
+type wsClient struct {
+	ws           *WebSocket
+	rejectOrigin bool
+	upgraded     chan struct{} // closed once the upgrade succeeded or failed
+
+	mu       sync.Mutex
+	sess     *melody.Session
+	conn     *hub.Conn // nil until authenticated
+	expires  time.Time
+	timer    *time.Timer // auth deadline, then token expiry
+	inflight []int       // sizes of frames handed to melody, oldest first
+	gone     bool
+	aborted  bool
+}
+
+func (c *wsClient) hubConn() *hub.Conn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.conn
+}
+
+// touch counts any client frame as a sign of life (PROTOCOL: the timeout is
+// "without any client frame or pong"); melody only counts pongs. It runs on
+// the read goroutine, the only one that may set the read deadline.
+func (c *wsClient) touch() {
+	c.sess.WebsocketConnection().SetReadDeadline(time.Now().Add(c.ws.opts.PingTimeout))
+}
+
+// Wake moves queued frames into melody's buffer, up to the credit.
+func (c *wsClient) Wake() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pumpLocked()
+}
+
+func (c *wsClient) pumpLocked() {
+	if c.sess == nil || c.conn == nil || c.gone || c.aborted {
+		return
+	}
+	free := c.ws.opts.Credit - len(c.inflight)
+	if free <= 0 {
+		return
+	}
+	var buf [16]*hub.Frame
+	frames := c.conn.Pull(buf[:0], free)
+	for _, f := range frames {
+		if f.CloseCode > 0 {
+			c.sess.CloseWithMsg(websocket.FormatCloseMessage(f.CloseCode, f.CloseReason))
+			c.aborted = true
+			return
+		}
+		c.pushLocked(f.JSON)
+	}
+}
+
+// pushLocked hands one message to melody. Compression is chosen per message
+// from its size: the flag may only change while no data frame is being
+// written, that is when nothing is in flight or, from sent, on melody's
+// write goroutine itself.
+func (c *wsClient) pushLocked(b []byte) {
+	if len(c.inflight) == 0 && c.ws.opts.CompressAbove > 0 {
+		c.sess.WebsocketConnection().EnableWriteCompression(len(b) >= c.ws.opts.CompressAbove)
+	}
+	c.inflight = append(c.inflight, len(b))
+	c.sess.Write(b)
+}
+
+// sent runs on melody's write goroutine after each text message.
+func (c *wsClient) sent() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.inflight) > 0 {
+		c.inflight = c.inflight[1:]
+		if len(c.inflight) == 0 {
+			c.inflight = c.inflight[:0:0] // release the backing array
+		}
+	}
+	if len(c.inflight) > 0 && c.ws.opts.CompressAbove > 0 {
+		c.sess.WebsocketConnection().EnableWriteCompression(c.inflight[0] >= c.ws.opts.CompressAbove)
+	}
+	c.ws.hub.Metrics().MessagesOut.WithLabelValues(wsTransportName).Inc()
+	c.pumpLocked()
+}
+
+// direct writes a message outside the hub's queue: before authentication.
+func (c *wsClient) direct(b []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gone || c.aborted || len(c.inflight) >= c.ws.opts.Credit {
+		return // an unauthenticated flood gets no more answers
+	}
+	c.pushLocked(b)
+}
+
+// replyError answers a frame with an error, in order with everything else.
+func (c *wsClient) replyError(e hub.ErrorData, ack json.RawMessage) {
+	f := hub.ErrorFrame(e, ack)
+	if conn := c.hubConn(); conn != nil {
+		conn.Send(f)
+		return
+	}
+	c.direct(f.JSON)
+}
+
+// closeWith closes after what is already in melody's buffer.
+func (c *wsClient) closeWith(code int, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gone || c.aborted {
+		return
+	}
+	c.aborted = true
+	c.sess.CloseWithMsg(websocket.FormatCloseMessage(code, reason))
+}
+
+// Abort closes at once through the websocket connection itself: melody's
+// Close would queue behind a full buffer. It never blocks the caller.
+func (c *wsClient) Abort(code int, reason string) {
+	c.mu.Lock()
+	if c.gone || c.sess == nil {
+		c.mu.Unlock()
+		return
+	}
+	c.aborted = true
+	conn := c.sess.WebsocketConnection()
+	c.mu.Unlock()
+	// The close frame waits for the frame being written, as long as a data
+	// write may take (WriteWait): a stalled client that reads again within
+	// that time learns its close code (4001 above all) instead of seeing
+	// the connection cut after the buffered data.
+	wait := c.ws.m.Config.WriteWait
+	go func() {
+		conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(wait))
+		conn.Close()
+	}()
+}
+
+// handleAuth takes the first token (auth frame) or a refresh.
+func (c *wsClient) handleAuth(f ClientFrame) {
+	token, err := decodeAuth(f.Data)
+	if err != nil {
+		c.replyError(hub.ErrorData{Code: "INVALID_MESSAGE", Message: err.Error()}, f.Ack)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	u, exp, e := c.ws.auth.Authenticate(ctx, token)
+	if e != nil {
+		c.replyError(*e, f.Ack)
+		return
+	}
+	c.mu.Lock()
+	conn := c.conn
+	c.mu.Unlock()
+	if conn != nil {
+		if conn.User().ID != u.ID {
+			c.replyError(hub.ErrorData{Code: "UNAUTHORIZED", Message: "the new token names another user"}, f.Ack)
+			return
+		}
+		conn.SetUser(u)
+	} else {
+		conn, err = c.ws.hub.Connect(u, wsTransportName, c)
+		if err != nil {
+			c.replyError(hub.ErrorData{Code: "RATE_LIMIT_EXCEEDED", Message: err.Error()}, f.Ack)
+			c.closeWith(closeTooManyWS, "too many connections")
+			return
+		}
+	}
+	c.mu.Lock()
+	c.conn, c.expires = conn, exp
+	c.armExpiryLocked()
+	c.mu.Unlock()
+	data := map[string]any{"userId": u.ID, "expiresAt": nil}
+	if !exp.IsZero() {
+		data["expiresAt"] = exp.UnixMilli()
+	}
+	conn.Send(hub.Reply("authenticated", "", data, f.Ack))
+}
+
+// armExpiryLocked replaces the auth deadline or the previous token's expiry
+// timer with one for the current token.
+func (c *wsClient) armExpiryLocked() {
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
+	if c.expires.IsZero() {
+		return
+	}
+	exp := c.expires
+	c.timer = time.AfterFunc(time.Until(exp), func() {
+		c.mu.Lock()
+		stale := !c.expires.Equal(exp)
+		conn := c.conn
+		c.mu.Unlock()
+		if stale || conn == nil {
+			return
+		}
+		conn.Send(hub.ErrorFrame(hub.ErrorData{Code: "TOKEN_EXPIRED", Message: "token expired"}, nil))
+		conn.CloseAfterFlush(closeUnauthed, "token expired")
+	})
+}
