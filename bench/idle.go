@@ -189,14 +189,12 @@ func idleMemory(ctx context.Context, bin string, rep *report, transport string, 
 	}
 	opened := time.Since(start)
 	time.Sleep(3 * time.Second) // let the connect burst's garbage be collected
-	if profile {
-		// Two collections, as an idle server gets from the runtime's forced
-		// GC every 2 minutes: goroutine stacks grown by the handshake shrink
-		// only during a GC.
-		s.saveProfile("heap?gc=1", "heap-gc1.pprof")
-		s.saveProfile("heap?gc=1", "heap-gc2.pprof")
-		time.Sleep(2 * time.Second)
-	}
+	// Two collections, as an idle server gets from the runtime's forced GC
+	// every 2 minutes: what the connect burst left behind is freed, and
+	// goroutine stacks grown by handshakes shrink only during a GC.
+	s.saveProfile("heap?gc=1", "heap-gc1-"+transport+".pprof")
+	s.saveProfile("heap?gc=1", "heap-"+transport+".pprof")
+	time.Sleep(2 * time.Second)
 	after, err := s.rss()
 	if err != nil {
 		return err
@@ -204,7 +202,6 @@ func idleMemory(ctx context.Context, bin string, rep *report, transport string, 
 	gAfter, _ := s.metric("go_goroutines")
 	heap, _ := s.metric("go_memstats_heap_inuse_bytes")
 	stack, _ := s.metric("go_memstats_stack_inuse_bytes")
-	s.saveProfile("heap", "heap-"+transport+".pprof")
 	scen := "idle-" + transport
 	per := float64(after-before) / float64(n) / 1024
 	rep.Results = append(rep.Results,

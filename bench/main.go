@@ -21,10 +21,7 @@ import (
 	"time"
 )
 
-var (
-	profile bool
-	outDir  string
-)
+var outDir string
 
 type result struct {
 	Scenario string  `json:"scenario"`
@@ -49,7 +46,6 @@ func main() {
 	smoke := flag.Bool("smoke", false, "tiny run that only checks the harness works")
 	wsN := flag.Int("ws", 10000, "idle WebSocket connections for the memory scenario")
 	sseN := flag.Int("sse", 5000, "idle SSE streams for the memory scenario")
-	flag.BoolVar(&profile, "pprof", false, "save the server's heap profiles in -out")
 	flag.Parse()
 	outDir = *out
 	if *smoke {
@@ -130,9 +126,9 @@ func startServer(ctx context.Context, bin string, env ...string) (*server, error
 	cmd := exec.CommandContext(ctx, bin, "serve")
 	cmd.Env = append(os.Environ(), "PORT=0", "JWT_SECRET="+s.secret,
 		"WEBSOCKET_PING_TIMEOUT=600000", "MAX_CONNECTIONS_PER_USER=100000", "HANDSHAKES_PER_SECOND=100000", "HANDSHAKE_BURST=100000")
-	if profile {
-		cmd.Env = append(cmd.Env, "PPROF=1")
-	}
+	// pprof is mounted always: the memory scenarios force the collections an
+	// idle server gets from the runtime every 2 minutes.
+	cmd.Env = append(cmd.Env, "PPROF=1")
 	cmd.Env = append(cmd.Env, env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -180,9 +176,6 @@ func (s *server) stop() {
 
 // saveProfile stores a server profile (heap, goroutine, ...) under -out.
 func (s *server) saveProfile(kind, name string) {
-	if !profile {
-		return
-	}
 	resp, err := http.Get("http://" + s.addr + "/debug/pprof/" + kind)
 	if err != nil {
 		return

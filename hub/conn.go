@@ -42,7 +42,7 @@ type Conn struct {
 	mu     sync.Mutex
 	queue  []*Frame
 	closed bool
-	rooms  map[string]*room // joined projects
+	rooms  []*member // joined projects: a few per connection, so a slice
 }
 
 // User returns the connection's current identity.
@@ -98,8 +98,27 @@ func (c *Conn) Pending() int {
 func (c *Conn) Joined(projectID string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	_, ok := c.rooms[projectID]
-	return ok
+	return c.memberLocked(projectID) >= 0
+}
+
+// memberLocked returns the index in c.rooms of the project's membership, or -1.
+func (c *Conn) memberLocked(projectID string) int {
+	for i, m := range c.rooms {
+		if m.room.id == projectID {
+			return i
+		}
+	}
+	return -1
+}
+
+// dropLocked forgets membership i.
+func (c *Conn) dropLocked(i int) *member {
+	m := c.rooms[i]
+	last := len(c.rooms) - 1
+	c.rooms[i] = c.rooms[last]
+	c.rooms[last] = nil
+	c.rooms = c.rooms[:last]
+	return m
 }
 
 // Projects lists the joined projects.
@@ -107,8 +126,8 @@ func (c *Conn) Projects() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ids := make([]string, 0, len(c.rooms))
-	for id := range c.rooms {
-		ids = append(ids, id)
+	for _, m := range c.rooms {
+		ids = append(ids, m.room.id)
 	}
 	return ids
 }

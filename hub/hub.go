@@ -170,8 +170,8 @@ func (h *Hub) Disconnect(c *Conn) {
 	rooms := c.rooms
 	c.rooms = nil
 	c.mu.Unlock()
-	for _, r := range rooms {
-		h.removeMember(r, c)
+	for _, m := range rooms {
+		h.removeMember(m)
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -228,7 +228,7 @@ func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64,
 		return JoinResult{}, err
 	}
 	c.mu.Lock()
-	_, already := c.rooms[projectID]
+	already := c.memberLocked(projectID) >= 0
 	tooMany := !already && len(c.rooms) >= h.opts.MaxRoomsPerConn
 	closed := c.closed
 	c.mu.Unlock()
@@ -339,13 +339,16 @@ func (h *Hub) fetch(ctx context.Context, projectID string, after, to int64) (fra
 // Leave removes c from the project's room.
 func (h *Hub) Leave(c *Conn, projectID string) error {
 	c.mu.Lock()
-	r, ok := c.rooms[projectID]
-	delete(c.rooms, projectID)
+	i := c.memberLocked(projectID)
+	var m *member
+	if i >= 0 {
+		m = c.dropLocked(i)
+	}
 	c.mu.Unlock()
-	if !ok {
+	if m == nil {
 		return ErrNotInProject
 	}
-	h.removeMember(r, c)
+	h.removeMember(m)
 	return nil
 }
 
@@ -417,19 +420,23 @@ func (h *Hub) Revoke(projectID, userID string) {
 		return
 	}
 	r.mu.Lock()
-	var gone []*Conn
+	var gone []*member
 	for _, m := range append([]*member(nil), r.members...) {
 		if m.conn.User().ID == userID {
-			r.removeLocked(m.conn)
-			gone = append(gone, m.conn)
+			r.removeLocked(m)
+			gone = append(gone, m)
 		}
 	}
 	empty := len(r.members) == 0
 	r.mu.Unlock()
-	for _, c := range gone {
+	for _, m := range gone {
+		c := m.conn
 		c.mu.Lock()
-		if c.rooms[projectID] == r {
-			delete(c.rooms, projectID)
+		for i, cm := range c.rooms {
+			if cm == m {
+				c.dropLocked(i)
+				break
+			}
 		}
 		c.mu.Unlock()
 		c.Send(Reply("left_project", "", map[string]string{"projectId": projectID, "reason": "access_revoked"}, nil))

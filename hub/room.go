@@ -16,10 +16,11 @@ type room struct {
 	dead    bool // removed from the hub; openRoom makes a new one
 	seq     int64
 	members []*member
-	index   map[*Conn]int
 
-	// ring holds the frames of the last len(ring) events: (seq-n, seq].
+	// ring holds the frames of the last n events, (seq-n, seq]; it grows
+	// up to size, so a quiet room costs nothing.
 	ring  []*Frame
+	size  int
 	start int // index of the oldest frame
 	n     int
 
@@ -27,9 +28,13 @@ type room struct {
 	dirty   bool // the doorbell rang while it was reading
 }
 
+// member is one connection's membership of a room. last and idx belong to
+// the room's lock; the connection lists its members under its own lock.
 type member struct {
 	conn *Conn
+	room *room
 	last int64 // last seq handed to this member
+	idx  int   // position in room.members; -1 once removed
 }
 
 // covers reports whether the ring holds every event after s.
@@ -46,11 +51,11 @@ func (r *room) since(s int64) []*Frame {
 }
 
 func (r *room) remember(f *Frame) {
-	if len(r.ring) == 0 {
+	if r.size == 0 {
 		return
 	}
-	if r.n < len(r.ring) {
-		r.ring[(r.start+r.n)%len(r.ring)] = f
+	if len(r.ring) < r.size { // still growing: start is 0
+		r.ring = append(r.ring, f)
 		r.n++
 		return
 	}
@@ -68,30 +73,27 @@ func (r *room) addLocked(c *Conn, last int64, frames []*Frame) bool {
 	}
 	wasEmpty := len(c.queue) == 0
 	c.queue = append(c.queue, frames...)
-	if c.rooms == nil {
-		c.rooms = make(map[string]*room, 1)
-	}
-	c.rooms[r.id] = r
+	m := &member{conn: c, room: r, last: last, idx: len(r.members)}
+	c.rooms = append(c.rooms, m)
 	c.mu.Unlock()
-	r.index[c] = len(r.members)
-	r.members = append(r.members, &member{conn: c, last: last})
+	r.members = append(r.members, m)
 	if wasEmpty {
 		c.out.Wake()
 	}
 	return true
 }
 
-func (r *room) removeLocked(c *Conn) {
-	i, ok := r.index[c]
-	if !ok {
+func (r *room) removeLocked(m *member) {
+	i := m.idx
+	if i < 0 {
 		return
 	}
 	last := len(r.members) - 1
 	r.members[i] = r.members[last]
-	r.index[r.members[i].conn] = i
+	r.members[i].idx = i
 	r.members[last] = nil
 	r.members = r.members[:last]
-	delete(r.index, c)
+	m.idx = -1
 }
 
 // roomOf returns the project's room, or nil when nobody here joined it.
@@ -109,7 +111,7 @@ func (h *Hub) openRoom(ctx context.Context, projectID string) (*room, error) {
 		h.mu.Lock()
 		r := h.rooms[projectID]
 		if r == nil {
-			r = &room{id: projectID, index: make(map[*Conn]int), ring: make([]*Frame, h.opts.HistorySize)}
+			r = &room{id: projectID, size: h.opts.HistorySize}
 			h.rooms[projectID] = r
 		}
 		h.mu.Unlock()
@@ -145,9 +147,10 @@ func (h *Hub) releaseRoom(r *room) {
 	h.mu.Unlock()
 }
 
-func (h *Hub) removeMember(r *room, c *Conn) {
+func (h *Hub) removeMember(m *member) {
+	r := m.room
 	r.mu.Lock()
-	r.removeLocked(c)
+	r.removeLocked(m)
 	empty := len(r.members) == 0
 	r.mu.Unlock()
 	if empty {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"sagapush/auth"
 	"sagapush/hub"
@@ -33,14 +34,14 @@ type WSOptions struct {
 	MaxMessageSize int64         // default 16 KiB (bigger frames: close 1009)
 	// Credit is how many frames may wait in melody's buffer at once; the
 	// rest wait in the hub's queue, which holds nothing while idle.
-	Credit int // default 8
+	Credit int // default 4
 	// CompressAbove is the smallest message compressed when the client
 	// offered permessage-deflate; 0 disables compression.
 	CompressAbove int
 	Origins       Origins
 	Handshakes    *AddrLimiter
 	Logger        *slog.Logger
-	ReadBuffer    int // gorilla read buffer (default 512)
+	ReadBuffer    int // gorilla read buffer (default 256; client frames are small)
 	WriteBuffer   int // gorilla write buffer, pooled (default 4096)
 }
 
@@ -51,6 +52,8 @@ type WebSocket struct {
 	opts WSOptions
 	m    *melody.Melody
 	log  *slog.Logger
+
+	sentCounter prometheus.Counter
 
 	mu      sync.Mutex
 	clients map[*wsClient]struct{}
@@ -72,10 +75,10 @@ func NewWebSocket(h *hub.Hub, a *Authenticator, opts WSOptions) *WebSocket {
 		opts.MaxMessageSize = 16 << 10
 	}
 	if opts.Credit <= 0 {
-		opts.Credit = 8
+		opts.Credit = 4
 	}
 	if opts.ReadBuffer <= 0 {
-		opts.ReadBuffer = 512
+		opts.ReadBuffer = 256
 	}
 	if opts.WriteBuffer <= 0 {
 		opts.WriteBuffer = 4096
@@ -101,7 +104,8 @@ func NewWebSocket(h *hub.Hub, a *Authenticator, opts WSOptions) *WebSocket {
 		CheckOrigin:      func(*http.Request) bool { return true },
 		HandshakeTimeout: 10 * time.Second,
 	}
-	ws := &WebSocket{hub: h, auth: a, opts: opts, m: m, log: opts.Logger, clients: make(map[*wsClient]struct{})}
+	ws := &WebSocket{hub: h, auth: a, opts: opts, m: m, log: opts.Logger, clients: make(map[*wsClient]struct{}),
+		sentCounter: h.Metrics().MessagesOut.WithLabelValues(wsTransportName)}
 	m.HandleConnect(ws.onConnect)
 	m.HandleDisconnect(ws.onDisconnect)
 	m.HandleMessage(ws.onMessage)
@@ -176,6 +180,7 @@ func (ws *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	<-c.upgraded
+	c.upgraded = nil // closed, so nothing else reads it; free it
 }
 
 // Shutdown writes server_shutdown and a 1001 close to connections that the
@@ -266,6 +271,9 @@ func (ws *WebSocket) onDisconnect(s *melody.Session) {
 	c := clientOf(s)
 	c.mu.Lock()
 	c.gone = true
+	if c.inboxCond != nil {
+		c.inboxCond.Broadcast()
+	}
 	if c.timer != nil {
 		c.timer.Stop()
 	}
@@ -279,9 +287,57 @@ func (ws *WebSocket) onDisconnect(s *melody.Session) {
 	}
 }
 
+// maxInbox bounds the client frames waiting for the worker; the read loop
+// waits beyond it, which pushes back on the client through TCP.
+const maxInbox = 32
+
+// onMessage runs on melody's read loop. It only queues the frame: handling
+// it (JSON, joins, store reads) would grow the read loop's stack, and an
+// idle connection would then keep that stack for its whole life. A worker
+// goroutine, started on demand, handles the frames in order and exits when
+// none is left.
 func (ws *WebSocket) onMessage(s *melody.Session, msg []byte) {
 	c := clientOf(s)
 	c.touch()
+	c.mu.Lock()
+	for len(c.inbox) >= maxInbox && !c.gone {
+		if c.inboxCond == nil {
+			c.inboxCond = sync.NewCond(&c.mu)
+		}
+		c.inboxCond.Wait()
+	}
+	c.inbox = append(c.inbox, msg)
+	start := !c.working
+	c.working = true
+	c.mu.Unlock()
+	if start {
+		go c.work()
+	}
+}
+
+// work handles queued frames in arrival order until the inbox is empty.
+func (c *wsClient) work() {
+	for {
+		c.mu.Lock()
+		if len(c.inbox) == 0 {
+			c.working = false
+			c.inbox = nil
+			c.mu.Unlock()
+			return
+		}
+		msg := c.inbox[0]
+		c.inbox[0] = nil
+		c.inbox = c.inbox[1:]
+		if c.inboxCond != nil {
+			c.inboxCond.Signal()
+		}
+		c.mu.Unlock()
+		c.ws.handle(c, msg)
+	}
+}
+
+// handle acts on one client frame.
+func (ws *WebSocket) handle(c *wsClient, msg []byte) {
 	f, err := DecodeClientFrame(msg)
 	if err != nil {
 		c.replyError(hub.ErrorData{Code: "INVALID_MESSAGE", Message: err.Error()}, f.Ack)
@@ -383,7 +439,11 @@ type wsClient struct {
 	timer    *time.Timer // auth deadline, then token expiry
 	inflight []int       // sizes of frames handed to melody, oldest first
 	gone     bool
-	aborted  bool
+
+	inbox     [][]byte   // client frames waiting for the worker
+	working   bool       // a worker goroutine is running
+	inboxCond *sync.Cond // made when the read loop first has to wait
+	aborted   bool
 }
 
 func (c *wsClient) hubConn() *hub.Conn {
@@ -451,7 +511,7 @@ func (c *wsClient) sent() {
 	if len(c.inflight) > 0 && c.ws.opts.CompressAbove > 0 {
 		c.sess.WebsocketConnection().EnableWriteCompression(c.inflight[0] >= c.ws.opts.CompressAbove)
 	}
-	c.ws.hub.Metrics().MessagesOut.WithLabelValues(wsTransportName).Inc()
+	c.ws.sentCounter.Inc()
 	c.pumpLocked()
 }
 
