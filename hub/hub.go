@@ -258,23 +258,50 @@ func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64,
 	}
 
 	// A replay that reaches past the room's memory is read from the store
-	// outside the room lock, then stitched to the room's memory; when the
-	// room moved on past its memory meanwhile, read again (bounded).
+	// outside the room lock, then stitched to the room's memory. The room is
+	// pinned meanwhile so that it keeps its position and memory; when it
+	// moved on past its memory, only the difference is read again.
 	var fetched []*Frame
 	var fetchedTo int64 = -1 // fetched covers (since, fetchedTo]
 	pruned := false
+	var storeHead int64 = -1
+	var pinned *room
+	defer func() {
+		if pinned != nil {
+			pinned.mu.Lock()
+			pinned.joining--
+			pinned.mu.Unlock()
+			h.releaseRoom(pinned)
+		}
+	}()
 	for attempt := 0; ; attempt++ {
 		r, err := h.openRoom(ctx, projectID) // returns r locked
 		if err != nil {
 			return JoinResult{}, err
 		}
+		if pinned == nil {
+			pinned = r
+			r.joining++
+		}
 		head := r.seq
+		last := head // the member's position: it has had every event up to it
 		res := JoinResult{ProjectID: projectID, Role: role, Seq: head}
 		var replay []*Frame
 		if since != nil {
 			s := *since
 			recovered := true
 			switch {
+			case s > head && storeHead < 0 && attempt < 5:
+				// The room may only lag the store (its pump is reading).
+				r.mu.Unlock()
+				if storeHead, err = h.opts.Source.Head(ctx, projectID); err != nil {
+					return JoinResult{}, err
+				}
+				continue
+			case s > head && s <= storeHead:
+				// The client has seen more than the room has fanned out yet:
+				// it starts from there and the room's catch-up skips the rest.
+				last, res.Seq = s, s
 			case pruned || s < 0 || s > head || head-s > int64(h.opts.MaxReplay):
 				recovered = false
 			case s == head:
@@ -282,13 +309,17 @@ func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64,
 				replay = r.since(s)
 			case fetchedTo >= 0 && r.covers(fetchedTo):
 				replay = append(fetched, r.since(fetchedTo)...)
-			case attempt < 3:
+			case attempt < 5:
 				r.mu.Unlock()
-				h.releaseRoom(r)
-				fetched, fetchedTo, pruned, err = h.fetch(ctx, projectID, s, head)
+				from := s
+				if fetchedTo >= 0 {
+					from = fetchedTo // read only what is still missing
+				}
+				more, to, gone, err := h.fetch(ctx, projectID, from, head)
 				if err != nil {
 					return JoinResult{}, err
 				}
+				fetched, fetchedTo, pruned = append(fetched, more...), to, gone
 				continue
 			default:
 				recovered = false
@@ -298,10 +329,9 @@ func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64,
 		frames := make([]*Frame, 0, 1+len(replay))
 		frames = append(frames, Reply("joined_project", "", res, ack))
 		frames = append(frames, replay...)
-		ok := r.addLocked(c, head, frames)
+		ok := r.addLocked(c, last, frames)
 		r.mu.Unlock()
 		if !ok {
-			h.releaseRoom(r)
 			return JoinResult{}, ErrClosed
 		}
 		h.metrics.joins.Inc()
@@ -409,6 +439,20 @@ func (h *Hub) DeliverEphemeral(e Ephemeral) {
 	h.mu.RUnlock()
 	for _, c := range targets {
 		c.enqueue(f, false)
+	}
+}
+
+// Recheck removes c from every joined room its current user may no longer
+// access (after a token refresh: in embedded mode the token's projects claim
+// is the access list) and tells it with left_project, reason access_revoked.
+func (h *Hub) Recheck(ctx context.Context, c *Conn) {
+	u := c.User()
+	for _, p := range c.Projects() {
+		if _, err := h.opts.Access.Role(ctx, u, p); errors.Is(err, ErrAccessDenied) {
+			if h.Leave(c, p) == nil {
+				c.Send(Reply("left_project", "", map[string]string{"projectId": p, "reason": "access_revoked"}, nil))
+			}
+		}
 	}
 }
 

@@ -13,6 +13,7 @@ type room struct {
 	id      string
 	mu      sync.Mutex
 	ready   bool // seq loaded from the store
+	joining int  // joins reading the store: the room must outlive them
 	dead    bool // removed from the hub; openRoom makes a new one
 	seq     int64
 	members []*member
@@ -137,7 +138,7 @@ func (h *Hub) openRoom(ctx context.Context, projectID string) (*room, error) {
 func (h *Hub) releaseRoom(r *room) {
 	h.mu.Lock()
 	r.mu.Lock()
-	if len(r.members) == 0 && !r.dead {
+	if len(r.members) == 0 && r.joining == 0 && !r.dead {
 		r.dead = true
 		if h.rooms[r.id] == r {
 			delete(h.rooms, r.id)

@@ -1,0 +1,394 @@
+package hub_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"sagapush/hub"
+	"sagapush/store"
+)
+
+// outlet records what the hub asks of a transport, and drains the queue like
+// one.
+type outlet struct {
+	mu      sync.Mutex
+	conn    *hub.Conn
+	frames  []*hub.Frame
+	aborted int // close code, 0 while open
+	notify  chan struct{}
+}
+
+func newOutlet() *outlet { return &outlet{notify: make(chan struct{}, 1)} }
+
+func (o *outlet) Wake() {
+	select {
+	case o.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (o *outlet) Abort(code int, _ string) {
+	o.mu.Lock()
+	o.aborted = code
+	o.mu.Unlock()
+	o.Wake()
+}
+
+// drain pulls everything queued so far.
+func (o *outlet) drain() {
+	fs := o.conn.Pull(nil, 0)
+	o.mu.Lock()
+	o.frames = append(o.frames, fs...)
+	o.mu.Unlock()
+}
+
+// waitFor drains until cond holds on the frames received, or fails after 5 s.
+func (o *outlet) waitFor(t *testing.T, what string, cond func([]*hub.Frame) bool) []*hub.Frame {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		o.drain()
+		o.mu.Lock()
+		fs := append([]*hub.Frame(nil), o.frames...)
+		o.mu.Unlock()
+		if cond(fs) {
+			return fs
+		}
+		select {
+		case <-o.notify:
+		case <-time.After(20 * time.Millisecond):
+		case <-deadline:
+			o.mu.Lock()
+			aborted := o.aborted
+			o.mu.Unlock()
+			t.Fatalf("timed out waiting for %s; got %d frames (aborted %d, pending %d, joined %v): %s",
+				what, len(fs), aborted, o.conn.Pending(), o.conn.Projects(), names(fs))
+		}
+	}
+}
+
+func names(fs []*hub.Frame) string {
+	s := ""
+	for _, f := range fs {
+		s += fmt.Sprintf("%s/%d ", f.Name, f.Seq)
+	}
+	return s
+}
+
+func seqs(fs []*hub.Frame) []int64 {
+	var out []int64
+	for _, f := range fs {
+		if f.Seq > 0 {
+			out = append(out, f.Seq)
+		}
+	}
+	return out
+}
+
+type fixture struct {
+	hub   *hub.Hub
+	store *store.Memory
+}
+
+func newFixture(t *testing.T, opts hub.Options, history int) *fixture {
+	st := store.NewMemory(history)
+	opts.Source, opts.Access, opts.Relay = st, st, st
+	h := hub.New(opts)
+	st.Start(context.Background(), h)
+	t.Cleanup(h.Close)
+	return &fixture{hub: h, store: st}
+}
+
+func (f *fixture) connect(t *testing.T, user string, projects ...string) *outlet {
+	t.Helper()
+	o := newOutlet()
+	c, err := f.hub.Connect(&hub.User{ID: user, Name: "Name " + user, Projects: projects}, "test", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.conn = c
+	return o
+}
+
+func (f *fixture) publish(t *testing.T, project string, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		if _, err := f.store.Publish(context.Background(), project, "story_uploaded", json.RawMessage(`{"i":1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (f *fixture) join(t *testing.T, o *outlet, project string, since *int64) hub.JoinResult {
+	t.Helper()
+	res, err := f.hub.Join(context.Background(), o.conn, project, since, nil)
+	if err != nil {
+		t.Fatalf("join %s: %v", project, err)
+	}
+	return res
+}
+
+func ptr(n int64) *int64 { return &n }
+
+func wantSeqs(t *testing.T, got []int64, from, to int64) {
+	t.Helper()
+	if int64(len(got)) != to-from+1 {
+		t.Fatalf("got %d events %v, want seq %d..%d", len(got), got, from, to)
+	}
+	for i, s := range got {
+		if s != from+int64(i) {
+			t.Fatalf("event %d has seq %d, want %d (all: %v)", i, s, from+int64(i), got)
+		}
+	}
+}
+
+func TestJoinLiveThenPublish(t *testing.T) {
+	f := newFixture(t, hub.Options{}, 0)
+	f.publish(t, "p", 3)
+	o := f.connect(t, "u", "p")
+	res := f.join(t, o, "p", nil)
+	if res.Seq != 3 || res.Recovered != nil {
+		t.Fatalf("join result %+v, want seq 3 and no recovered", res)
+	}
+	f.publish(t, "p", 2)
+	fs := o.waitFor(t, "two live events", func(fs []*hub.Frame) bool { return len(seqs(fs)) == 2 })
+	if fs[0].Name != "joined_project" {
+		t.Fatalf("first frame %s, want joined_project", fs[0].Name)
+	}
+	wantSeqs(t, seqs(fs), 4, 5)
+}
+
+func TestResumeFromRingAndFromStore(t *testing.T) {
+	// With a ring of 4 events, since=7 is served from the room's memory and
+	// since=1 or 0 from the store; a live event follows the replay at once.
+	for _, since := range []int64{10, 7, 1, 0} {
+		t.Run(fmt.Sprint("since=", since), func(t *testing.T) {
+			f := newFixture(t, hub.Options{HistorySize: 4}, 0)
+			keeper := f.connect(t, "keeper", "p")
+			f.join(t, keeper, "p", nil) // keeps the room and its ring alive
+			f.publish(t, "p", 10)
+			keeper.waitFor(t, "10 events", func(fs []*hub.Frame) bool { return len(seqs(fs)) == 10 })
+
+			o := f.connect(t, "u", "p")
+			res := f.join(t, o, "p", ptr(since))
+			if res.Recovered == nil || !*res.Recovered || res.Seq != 10 {
+				t.Fatalf("%+v, want recovered at seq 10", res)
+			}
+			f.publish(t, "p", 1)
+			fs := o.waitFor(t, "replay then live", func(fs []*hub.Frame) bool {
+				s := seqs(fs)
+				return len(s) > 0 && s[len(s)-1] == 11
+			})
+			if fs[0].Name != "joined_project" {
+				t.Fatalf("first frame %s", fs[0].Name)
+			}
+			wantSeqs(t, seqs(fs), since+1, 11)
+		})
+	}
+}
+
+func TestResumeCases(t *testing.T) {
+	// The store keeps at most 20 events (trimming to the newest 10 when it
+	// overflows): after 30 it holds 12..30.
+	f := newFixture(t, hub.Options{HistorySize: 4, MaxReplay: 50}, 20)
+	keeper := f.connect(t, "keeper", "p")
+	f.join(t, keeper, "p", nil)
+	for i := 1; i <= 30; i++ { // one by one, so the room never falls behind
+		f.publish(t, "p", 1)
+		keeper.waitFor(t, "the event", func(fs []*hub.Frame) bool { return len(seqs(fs)) == i })
+	}
+
+	cases := []struct {
+		since     int64
+		recovered bool
+	}{
+		{30, true},  // nothing missed
+		{28, true},  // from the room's ring
+		{20, true},  // from the store
+		{11, true},  // the oldest resumable
+		{10, false}, // pruned from the store
+		{31, false}, // a history that no longer exists
+	}
+	for _, c := range cases {
+		o := f.connect(t, fmt.Sprint("u", c.since), "p")
+		res := f.join(t, o, "p", ptr(c.since))
+		if res.Recovered == nil || *res.Recovered != c.recovered || res.Seq != 30 {
+			t.Fatalf("since %d: %+v, want recovered=%v seq=30", c.since, res, c.recovered)
+		}
+		fs := o.waitFor(t, "joined", func(fs []*hub.Frame) bool { return len(fs) >= 1 })
+		if c.recovered && c.since < 30 {
+			fs = o.waitFor(t, "replay", func(fs []*hub.Frame) bool { return len(seqs(fs)) == int(30-c.since) })
+			wantSeqs(t, seqs(fs), c.since+1, 30)
+		} else if n := len(seqs(fs)); n != 0 {
+			t.Fatalf("since %d: %d events replayed, want none", c.since, n)
+		}
+		f.hub.Disconnect(o.conn)
+	}
+}
+
+// TestExactlyOnceUnderConcurrency joins clients with random since values
+// while four writers publish: every client must see since+1..N once, in order.
+func TestExactlyOnceUnderConcurrency(t *testing.T) {
+	f := newFixture(t, hub.Options{HistorySize: 16}, 0)
+	const total = 400
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < total/4; i++ {
+				f.store.Publish(context.Background(), "p", "story_uploaded", json.RawMessage(`{}`))
+			}
+		}()
+	}
+	type client struct {
+		o     *outlet
+		since int64
+	}
+	var clients []client
+	for i := 0; i < 20; i++ {
+		head, _ := f.store.Head(context.Background(), "p")
+		since := rand.Int64N(head + 1)
+		o := f.connect(t, fmt.Sprint("u", i), "p")
+		res := f.join(t, o, "p", ptr(since))
+		if !*res.Recovered {
+			t.Fatalf("client %d since %d not recovered (head %d)", i, since, res.Seq)
+		}
+		clients = append(clients, client{o, since})
+	}
+	wg.Wait()
+	for i, c := range clients {
+		if c.since == total { // joined after the writers were done
+			c.o.drain()
+			wantSeqs(t, seqs(c.o.frames), total+1, total)
+			continue
+		}
+		fs := c.o.waitFor(t, fmt.Sprint("client ", i, " complete"), func(fs []*hub.Frame) bool {
+			s := seqs(fs)
+			return len(s) > 0 && s[len(s)-1] == total
+		})
+		wantSeqs(t, seqs(fs), c.since+1, total)
+	}
+}
+
+func TestSlowConnectionIsAbortedNotBlocking(t *testing.T) {
+	f := newFixture(t, hub.Options{QueueLimit: 100, MaxReplay: 5}, 0)
+	slow := f.connect(t, "slow", "p")
+	fast := f.connect(t, "fast", "p")
+	f.join(t, slow, "p", nil)
+	f.join(t, fast, "p", nil)
+	// Steps of 20: the fast reader takes each step; the slow one never reads
+	// and is closed with 4001 once 100 frames wait. The publisher never waits.
+	for step := 1; step <= 8; step++ {
+		done := make(chan struct{})
+		go func() {
+			f.publish(t, "p", 20)
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("publishing blocked on a slow connection")
+		}
+		fast.waitFor(t, "fast gets the step", func(fs []*hub.Frame) bool { return len(seqs(fs)) == 20*step })
+	}
+	fast.drain()
+	wantSeqs(t, seqs(fast.frames), 1, 160)
+	slow.mu.Lock()
+	defer slow.mu.Unlock()
+	if slow.aborted != hub.CloseTooSlow {
+		t.Fatalf("slow connection: abort code %d, want %d", slow.aborted, hub.CloseTooSlow)
+	}
+	if n := slow.conn.Pending(); n != 0 {
+		t.Fatalf("an aborted connection still holds %d frames", n)
+	}
+}
+
+func TestLeaveRevokeAndTyping(t *testing.T) {
+	f := newFixture(t, hub.Options{}, 0)
+	a := f.connect(t, "a", "p")
+	a2 := f.connect(t, "a", "p") // the same user's second tab
+	b := f.connect(t, "b", "p")
+	for _, o := range []*outlet{a, a2, b} {
+		f.join(t, o, "p", nil)
+	}
+	if err := f.hub.Typing(context.Background(), a.conn, "p", "s1", true); err != nil {
+		t.Fatal(err)
+	}
+	b.waitFor(t, "typing", func(fs []*hub.Frame) bool { return len(fs) == 2 && fs[1].Name == "typing_start" })
+	if err := f.hub.Typing(context.Background(), a.conn, "other", "s1", true); err != hub.ErrNotInProject {
+		t.Fatalf("typing outside a joined project: %v, want ErrNotInProject", err)
+	}
+
+	f.hub.Revoke("p", "b")
+	fs := b.waitFor(t, "left_project", func(fs []*hub.Frame) bool { return fs[len(fs)-1].Name == "left_project" })
+	var msg struct {
+		Data struct{ ProjectID, Reason string }
+	}
+	json.Unmarshal(fs[len(fs)-1].JSON, &msg)
+	if msg.Data.Reason != "access_revoked" || msg.Data.ProjectID != "p" {
+		t.Fatalf("left_project %s", fs[len(fs)-1].JSON)
+	}
+	if err := f.hub.Leave(a2.conn, "p"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.hub.Leave(a2.conn, "p"); err != hub.ErrNotInProject {
+		t.Fatalf("second leave: %v", err)
+	}
+	f.publish(t, "p", 1)
+	a.waitFor(t, "a gets the event", func(fs []*hub.Frame) bool { return len(seqs(fs)) == 1 })
+	// a2 and b are out: a later event a reaches proves theirs would have too.
+	f.publish(t, "p", 1)
+	a.waitFor(t, "a gets the second", func(fs []*hub.Frame) bool { return len(seqs(fs)) == 2 })
+	for name, o := range map[string]*outlet{"left": a2, "revoked": b} {
+		o.drain()
+		if n := len(seqs(o.frames)); n != 0 {
+			t.Fatalf("%s connection got %d events", name, n)
+		}
+	}
+	// a's own typing never came back to a or a2.
+	for _, f := range append(a.frames, a2.frames...) {
+		if f.Name == "typing_start" {
+			t.Fatal("the sender's user received its own typing indicator")
+		}
+	}
+}
+
+func TestShutdownSendsMessageThenClose(t *testing.T) {
+	f := newFixture(t, hub.Options{}, 0)
+	o := f.connect(t, "u", "p")
+	f.hub.Shutdown(1500 * time.Millisecond)
+	fs := o.waitFor(t, "shutdown", func(fs []*hub.Frame) bool { return len(fs) == 2 })
+	if fs[0].Name != "server_shutdown" || fs[1].CloseCode != hub.CloseGoingAway {
+		t.Fatalf("got %s then close %d", fs[0].Name, fs[1].CloseCode)
+	}
+	if _, err := f.hub.Connect(&hub.User{ID: "late"}, "test", newOutlet()); err != hub.ErrClosed {
+		t.Fatalf("connect after shutdown: %v", err)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	f := newFixture(t, hub.Options{MaxConnsPerUser: 2, RateMaxEvents: 3, RateWindow: time.Hour}, 0)
+	a := f.connect(t, "u", "p")
+	b := f.connect(t, "u", "p")
+	if _, err := f.hub.Connect(&hub.User{ID: "u"}, "test", newOutlet()); err != hub.ErrTooManyConns {
+		t.Fatalf("third connection: %v", err)
+	}
+	for i, c := range []*hub.Conn{a.conn, b.conn, a.conn} {
+		if ok, _ := f.hub.Allow(c); !ok {
+			t.Fatalf("frame %d refused", i)
+		}
+	}
+	ok, retry := f.hub.Allow(b.conn)
+	if ok || retry <= 0 {
+		t.Fatalf("4th frame across two connections: ok=%v retry=%v", ok, retry)
+	}
+	if _, err := f.hub.Join(context.Background(), a.conn, "not-mine", nil, nil); err == nil {
+		t.Fatal("join of a project outside the token's claim succeeded")
+	}
+}
