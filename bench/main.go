@@ -41,44 +41,61 @@ type report struct {
 }
 
 func main() {
+	worker := flag.Bool("worker", false, "run as a generator process (internal)")
 	out := flag.String("out", "bench/results", "folder for results.md and results.json")
 	bin := flag.String("bin", "bin/sagapush", "server binary")
 	smoke := flag.Bool("smoke", false, "tiny run that only checks the harness works")
-	wsN := flag.Int("ws", 10000, "idle WebSocket connections for the memory scenario")
-	sseN := flag.Int("sse", 5000, "idle SSE streams for the memory scenario")
+	only := flag.String("only", "", "comma list of scenarios to run (default: all)")
+	admin := flag.String("database", envOr("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"), "Postgres admin URL for the database scenarios")
 	flag.Parse()
-	outDir = *out
-	if *smoke {
-		*wsN, *sseN = 200, 100
+	if *worker {
+		runWorker()
+		return
 	}
-	rep := &report{Commit: gitCommit(), Cores: runtime.NumCPU(), Go: runtime.Version(), Started: time.Now().UTC(), Smoke: *smoke}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	outDir = *out
+	b := &bench{bin: *bin, sc: fullScale, admin: *admin,
+		rep: &report{Commit: gitCommit(), Cores: runtime.NumCPU(), Go: runtime.Version(), Started: time.Now().UTC(), Smoke: *smoke}}
+	if *smoke {
+		b.sc = smokeScale
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
 
-	steps := []struct {
-		name string
-		run  func(context.Context, string, *report) error
-	}{
-		{"idle-websocket-memory", func(ctx context.Context, bin string, r *report) error {
-			return idleMemory(ctx, bin, r, "websocket", *wsN)
-		}},
-		{"idle-sse-memory", func(ctx context.Context, bin string, r *report) error { return idleMemory(ctx, bin, r, "sse", *sseN) }},
+	scenarios := []scenario{
+		{"idle-websocket", func(ctx context.Context, b *bench) error { return idleMemory(ctx, b, "websocket", b.sc.idleWS) }},
+		{"idle-sse", func(ctx context.Context, b *bench) error { return idleMemory(ctx, b, "sse", b.sc.idleSSE) }},
+		{"capacity", capacity},
+		{"fanout", fanoutScenario},
+		{"throughput", throughput},
+		{"triggers", triggers},
+		{"churn", churn},
 	}
-	failed := false
-	for _, s := range steps {
+	failed := 0
+	for _, s := range scenarios {
+		if *only != "" && !strings.Contains(","+*only+",", ","+s.name+",") {
+			continue
+		}
 		fmt.Fprintf(os.Stderr, "bench: %s ...\n", s.name)
-		if err := s.run(ctx, *bin, rep); err != nil {
-			fmt.Fprintf(os.Stderr, "bench: %s failed: %v\n", s.name, err)
-			failed = true
+		if err := s.run(ctx, b); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %s FAILED: %v\n", s.name, err)
+			b.add(s.name, "FAILED", 0, "", err.Error())
+			failed++
 		}
 	}
-	if err := write(*out, rep); err != nil {
+	if err := write(*out, b.rep); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
-	if failed {
+	if failed > 0 {
 		os.Exit(1)
 	}
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }
 
 func gitCommit() string {

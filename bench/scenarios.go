@@ -1,0 +1,443 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	_ "github.com/lib/pq"
+
+	"sagapush/auth"
+)
+
+func (s *server) serviceToken() string {
+	t, err := auth.Mint([]byte(s.secret), auth.Claims{UserID: "bench-backend", Role: "service"}, 2*time.Hour)
+	if err != nil {
+		panic(err)
+	}
+	return t
+}
+
+// scale holds the sizes of a run; -smoke shrinks them to prove the harness.
+type scale struct {
+	idleWS, idleSSE       int
+	capWS, capSSE         int
+	fanout                int
+	fanoutEvents          int
+	tput                  []int // room sizes
+	tputRates             []float64
+	tputSeconds           int
+	latConns, latRate     int
+	latSeconds            int
+	churnRounds, churnN   int
+	ingestSeconds, writer int
+}
+
+var fullScale = scale{
+	idleWS: 10000, idleSSE: 10000,
+	capWS: 12000, capSSE: 7000,
+	fanout: 15000, fanoutEvents: 20,
+	tput: []int{10000, 15000}, tputRates: []float64{10, 20, 30, 40, 60, 80}, tputSeconds: 10,
+	latConns: 1000, latRate: 500, latSeconds: 10,
+	churnRounds: 10, churnN: 5000,
+	ingestSeconds: 10, writer: 8,
+}
+
+var smokeScale = scale{
+	idleWS: 200, idleSSE: 100,
+	capWS: 200, capSSE: 100,
+	fanout: 200, fanoutEvents: 5,
+	tput: []int{200}, tputRates: []float64{20}, tputSeconds: 2,
+	latConns: 50, latRate: 50, latSeconds: 2,
+	churnRounds: 2, churnN: 100,
+	ingestSeconds: 2, writer: 8,
+}
+
+type scenario struct {
+	name string
+	run  func(ctx context.Context, b *bench) error
+}
+
+type bench struct {
+	bin   string
+	sc    scale
+	rep   *report
+	admin string // Postgres admin URL for the database scenarios
+}
+
+func (b *bench) add(scen, metric string, v float64, unit, note string) {
+	b.rep.Results = append(b.rep.Results, result{scen, metric, v, unit, note})
+	fmt.Fprintf(os.Stderr, "bench: %-22s %-40s %12.2f %s %s\n", scen, metric, v, unit, note)
+}
+
+// cpuNote formats server and generator CPU over a wall time.
+func cpuNote(server, gen, wall time.Duration) string {
+	return fmt.Sprintf("server CPU %.0f%%, generators %.0f%% of one core", 100*server.Seconds()/wall.Seconds(), 100*gen.Seconds()/wall.Seconds())
+}
+
+// capacity holds WS and SSE connections at once on one server process and
+// proves each is alive with one event per room.
+func capacity(ctx context.Context, b *bench) error {
+	s, err := startServer(ctx, b.bin)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	var f fleet
+	defer f.stop()
+	const rooms = 100
+	start := time.Now()
+	if _, err := f.spawn(ctx, s, "websocket", b.sc.capWS, 0, rooms); err != nil {
+		return err
+	}
+	if _, err := f.spawn(ctx, s, "sse", b.sc.capSSE, b.sc.capWS, rooms); err != nil {
+		return err
+	}
+	opened := time.Since(start)
+	pub := newPublisher(s)
+	for r := 0; r < rooms; r++ {
+		if err := pub.publish(fmt.Sprintf("room-%d", r), r+1, 0); err != nil {
+			return err
+		}
+	}
+	total := b.sc.capWS + b.sc.capSSE
+	var t workerReport
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		reps, err := f.all("report")
+		if err != nil {
+			return err
+		}
+		if t = sum(reps); t.Events >= int64(total) {
+			break
+		}
+	}
+	rss, _ := s.rss()
+	b.add("capacity", "connections held", float64(t.Opened), "conns", fmt.Sprintf("%d WebSocket + %d SSE, opened in %.1fs", b.sc.capWS, b.sc.capSSE, opened.Seconds()))
+	b.add("capacity", "connections that got the probe event", float64(t.Events), "conns", fmt.Sprintf("of %d; server RSS %.0f MiB", total, float64(rss)/(1<<20)))
+	if t.Events < int64(total) || t.Failed > 0 {
+		return fmt.Errorf("capacity: %d of %d connections alive, %d failed", t.Events, total, t.Failed)
+	}
+	return nil
+}
+
+// fanout measures how long one event takes to reach every member of one
+// big room: per event, the latest arrival over all members.
+func fanoutScenario(ctx context.Context, b *bench) error {
+	s, err := startServer(ctx, b.bin)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	var f fleet
+	defer f.stop()
+	if _, err := f.spawn(ctx, s, "websocket", b.sc.fanout, 0, 1); err != nil {
+		return err
+	}
+	pub := newPublisher(s)
+	cpu0, gcpu0, t0 := procCPU(s.cmd.Process.Pid), f.cpu(), time.Now()
+	n := b.sc.fanoutEvents
+	for i := 1; i <= n; i++ {
+		if err := pub.publish("room-0", i, 0); err != nil {
+			return err
+		}
+		time.Sleep(250 * time.Millisecond) // one event at a time: its own fan-out
+	}
+	var t workerReport
+	want := int64(n * b.sc.fanout)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		reps, err := f.all("report")
+		if err != nil {
+			return err
+		}
+		if t = sum(reps); t.Events >= want {
+			break
+		}
+	}
+	wall := time.Since(t0)
+	var last []int64
+	for i := 1; i < len(t.PerEvent); i++ {
+		last = append(last, t.PerEvent[i])
+	}
+	scen := fmt.Sprintf("fanout-%d", b.sc.fanout)
+	note := fmt.Sprintf("%d events, one at a time; %s", n, cpuNote(procCPU(s.cmd.Process.Pid)-cpu0, f.cpu()-gcpu0, wall))
+	b.add(scen, "last member reached p50", pctOf(last, 0.5), "ms", note)
+	b.add(scen, "last member reached p99", pctOf(last, 0.99), "ms", "")
+	b.add(scen, "last member reached max", pctOf(last, 1), "ms", "")
+	b.add(scen, "any member p50", percentile(t.Latency, 0.5), "ms", "")
+	if t.Events < want || t.Gaps+t.Dups+t.Closed > 0 {
+		return fmt.Errorf("fanout: %d of %d deliveries, gaps %d dups %d closed %d", t.Events, want, t.Gaps, t.Dups, t.Closed)
+	}
+	return nil
+}
+
+// throughput publishes to one room at rising rates and reports the highest
+// rate whose every delivery arrived (no gap, no 4001, no backlog).
+func throughput(ctx context.Context, b *bench) error {
+	for _, members := range b.sc.tput {
+		if err := throughputRoom(ctx, b, members); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func throughputRoom(ctx context.Context, b *bench, members int) error {
+	s, err := startServer(ctx, b.bin)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	var f fleet
+	defer f.stop()
+	if _, err := f.spawn(ctx, s, "websocket", members, 0, 1); err != nil {
+		return err
+	}
+	pub := newPublisher(s)
+	scen := fmt.Sprintf("throughput-%d", members)
+	best := 0.0
+	next := 1
+	for _, rate := range b.sc.tputRates {
+		if _, err := f.all("reset"); err != nil {
+			return err
+		}
+		n := int(rate * float64(b.sc.tputSeconds))
+		cpu0, gcpu0, t0 := procCPU(s.cmd.Process.Pid), f.cpu(), time.Now()
+		if err := pub.publishAt(ctx, "room-0", next, n, rate, 200); err != nil {
+			return err
+		}
+		next += n
+		want := int64(n * members)
+		var t workerReport
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			reps, err := f.all("report")
+			if err != nil {
+				return err
+			}
+			if t = sum(reps); t.Events >= want || t.Closed > 0 {
+				break
+			}
+		}
+		wall := time.Since(t0)
+		lossless := t.Events == want && t.Gaps+t.Dups+t.Closed == 0 && percentile(t.Latency, 0.99) < 1000
+		b.add(scen, fmt.Sprintf("%.0f events/s -> deliveries/s", rate), rate*float64(members), "msg/s",
+			fmt.Sprintf("lossless=%v; delivered %d/%d, gaps %d, closed %d [%s]; p50 %.1f ms p99 %.1f ms; %s",
+				lossless, t.Events, want, t.Gaps, t.Closed, t.Closes, percentile(t.Latency, 0.5), percentile(t.Latency, 0.99),
+				cpuNote(procCPU(s.cmd.Process.Pid)-cpu0, f.cpu()-gcpu0, wall)))
+		if !lossless {
+			break
+		}
+		best = rate * float64(members)
+	}
+	b.add(scen, "highest lossless deliveries/s", best, "msg/s", fmt.Sprintf("one room of %d WebSocket members", members))
+	return nil
+}
+
+// churn connects and disconnects rounds of connections and checks that
+// goroutines and memory come back.
+func churn(ctx context.Context, b *bench) error {
+	s, err := startServer(ctx, b.bin)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	base, _ := s.metric("go_goroutines")
+	var firstRSS, lastRSS int64
+	var g float64
+	for round := 1; round <= b.sc.churnRounds; round++ {
+		var f fleet
+		if _, err := f.spawn(ctx, s, "websocket", b.sc.churnN, 0, 100); err != nil {
+			f.stop()
+			return err
+		}
+		f.all("close")
+		f.stop()
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if g, _ = s.metric("go_goroutines"); g <= base+2 {
+				break
+			}
+		}
+		s.saveProfile("heap?gc=1", "heap-churn.pprof")
+		rss, _ := s.rss()
+		if round == 1 {
+			firstRSS = rss
+		}
+		lastRSS = rss
+	}
+	b.add("churn", "goroutines after the last round", g, "goroutines", fmt.Sprintf("baseline %.0f; %d rounds of %d connects and disconnects", base, b.sc.churnRounds, b.sc.churnN))
+	b.add("churn", "RSS after the last round vs the first", 100*float64(lastRSS-firstRSS)/float64(firstRSS), "%", fmt.Sprintf("%.1f MiB -> %.1f MiB", float64(firstRSS)/(1<<20), float64(lastRSS)/(1<<20)))
+	if g > base+2 {
+		return fmt.Errorf("churn: %v goroutines left, baseline %v", g, base)
+	}
+	return nil
+}
+
+// benchDB creates a database for one scenario and returns its URL and a
+// function that drops it.
+func (b *bench) benchDB(ctx context.Context) (string, func(), error) {
+	admin, err := sql.Open("postgres", b.admin)
+	if err != nil {
+		return "", nil, err
+	}
+	name := fmt.Sprintf("sagapush_bench_%d", time.Now().UnixNano())
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+		admin.Close()
+		return "", nil, fmt.Errorf("postgres at %s: %w", b.admin, err)
+	}
+	u, _ := url.Parse(b.admin)
+	u.Path = "/" + name
+	return u.String(), func() {
+		admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
+		admin.Close()
+	}, nil
+}
+
+// triggers measures the database path: the rate the service ingests trigger
+// events from 8 writers, and commit-to-client latency at a fixed rate.
+func triggers(ctx context.Context, b *bench) error {
+	dbURL, drop, err := b.benchDB(ctx)
+	if err != nil {
+		return err
+	}
+	defer drop()
+	s, err := startServer(ctx, b.bin, "DATABASE_URL="+dbURL)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	db, err := sql.Open("postgres", dbURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(b.sc.writer + 2)
+	const rooms = 10
+	users := 1000
+	// The workers' users and rooms, as rows: user u is in room u%rooms.
+	tx, _ := db.BeginTx(ctx, nil)
+	for r := 0; r < rooms; r++ {
+		if _, err := tx.Exec(`INSERT INTO users (id, name) VALUES ($1, 'facilitator')`, fmt.Sprintf("fac-%d", r)); err != nil {
+			tx.Rollback()
+			return err
+		}
+		tx.Exec(`INSERT INTO projects (id, name, facilitator_id) VALUES ($1, 'bench', $2)`, fmt.Sprintf("room-%d", r), fmt.Sprintf("fac-%d", r))
+	}
+	for u := 0; u < users; u++ {
+		tx.Exec(`INSERT INTO users (id, name) VALUES ($1, 'u')`, fmt.Sprintf("user-%d", u))
+		tx.Exec(`INSERT INTO project_roles (project_id, user_id, role) VALUES ($1, $2, 'storyteller')`, fmt.Sprintf("room-%d", u%rooms), fmt.Sprintf("user-%d", u))
+	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	var f fleet
+	defer f.stop()
+	if _, err := f.spawn(ctx, s, "websocket", b.sc.latConns, 0, rooms); err != nil {
+		return err
+	}
+	insert := func(i int, room string) error {
+		// The title carries the time just before the autocommitted insert
+		// is sent: latency includes the commit itself.
+		_, err := db.ExecContext(ctx, `INSERT INTO stories (project_id, title, audio_url) VALUES ($1, $2, '')`,
+			room, fmt.Sprintf("t=%d i=%d", time.Now().UnixNano(), i))
+		return err
+	}
+
+	// 1. Ingest: 8 writers as fast as they can.
+	var count atomic.Int64
+	cpu0, gcpu0, t0 := procCPU(s.cmd.Process.Pid), f.cpu(), time.Now()
+	stop := t0.Add(time.Duration(b.sc.ingestSeconds) * time.Second)
+	var wg sync.WaitGroup
+	var werr atomic.Value
+	for w := 0; w < b.sc.writer; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(stop) {
+				if err := insert(0, fmt.Sprintf("room-%d", rand.IntN(rooms))); err != nil {
+					werr.Store(err)
+					return
+				}
+				count.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if e, ok := werr.Load().(error); ok {
+		return e
+	}
+	committed := count.Load()
+	members := int64(b.sc.latConns / rooms)
+	var t workerReport
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		reps, err := f.all("report")
+		if err != nil {
+			return err
+		}
+		if t = sum(reps); t.Events >= committed*members {
+			break
+		}
+	}
+	wall := time.Since(t0)
+	b.add("triggers-ingest", "trigger events committed per second", float64(committed)/float64(b.sc.ingestSeconds), "events/s",
+		fmt.Sprintf("%d writers, %d projects; delivered %d/%d to %d clients, gaps %d dups %d; %s", b.sc.writer, rooms, t.Events, committed*members, b.sc.latConns, t.Gaps, t.Dups,
+			cpuNote(procCPU(s.cmd.Process.Pid)-cpu0, f.cpu()-gcpu0, wall)))
+	b.add("triggers-ingest", "commit-to-client p50 at full ingest", percentile(t.Latency, 0.5), "ms", fmt.Sprintf("p99 %.1f ms", percentile(t.Latency, 0.99)))
+	if t.Events < committed*members || t.Gaps+t.Dups > 0 {
+		return fmt.Errorf("ingest: delivered %d of %d, gaps %d dups %d", t.Events, committed*members, t.Gaps, t.Dups)
+	}
+
+	// 2. Latency at a fixed rate spread over the writers.
+	if _, err := f.all("reset"); err != nil {
+		return err
+	}
+	n := b.sc.latRate * b.sc.latSeconds
+	interval := time.Duration(float64(time.Second) / float64(b.sc.latRate))
+	cpu0, gcpu0, t0 = procCPU(s.cmd.Process.Pid), f.cpu(), time.Now()
+	jobs := make(chan int, n)
+	for w := 0; w < b.sc.writer; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				if err := insert(i, fmt.Sprintf("room-%d", i%rooms)); err != nil {
+					werr.Store(err)
+				}
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		time.Sleep(time.Until(t0.Add(time.Duration(i) * interval)))
+		jobs <- i + 1
+	}
+	close(jobs)
+	wg.Wait()
+	if e, ok := werr.Load().(error); ok {
+		return e
+	}
+	want := int64(n) * members
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		reps, err := f.all("report")
+		if err != nil {
+			return err
+		}
+		if t = sum(reps); t.Events >= want {
+			break
+		}
+	}
+	wall = time.Since(t0)
+	scen := fmt.Sprintf("triggers-%d/s", b.sc.latRate)
+	note := fmt.Sprintf("%d clients in %d rooms, %d writers, %d events; %s", b.sc.latConns, rooms, b.sc.writer, n, cpuNote(procCPU(s.cmd.Process.Pid)-cpu0, f.cpu()-gcpu0, wall))
+	b.add(scen, "commit-to-client p50", percentile(t.Latency, 0.5), "ms", note)
+	b.add(scen, "commit-to-client p95", percentile(t.Latency, 0.95), "ms", "")
+	b.add(scen, "commit-to-client p99", percentile(t.Latency, 0.99), "ms", "")
+	b.add(scen, "commit-to-client max", histMax(t.Latency), "ms", "")
+	if t.Events < want || t.Gaps+t.Dups > 0 {
+		return fmt.Errorf("latency: delivered %d of %d, gaps %d dups %d", t.Events, want, t.Gaps, t.Dups)
+	}
+	return nil
+}

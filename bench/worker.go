@@ -1,0 +1,367 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// A worker is one generator process: it holds connections (up to the
+// per-process file limit) and measures at the clients. The coordinator
+// drives it over stdin ("report", "close", "quit") and reads JSON lines
+// from its stdout.
+
+type workerSpec struct {
+	Addr      string `json:"addr"`
+	Secret    string `json:"secret"`
+	Transport string `json:"transport"` // websocket | sse
+	N         int    `json:"n"`
+	Offset    int    `json:"offset"` // global index of the first connection
+	Rooms     int    `json:"rooms"`  // connection i joins room (offset+i) % rooms
+	Users     int    `json:"users"`  // distinct users (default 1000)
+}
+
+// workerReport is what a worker tells the coordinator.
+type workerReport struct {
+	Opened    int     `json:"opened"`
+	Failed    int     `json:"failed"`
+	FirstErr  string  `json:"firstErr,omitempty"`
+	Events    int64   `json:"events"`    // domain events received, all connections
+	Gaps      int64   `json:"gaps"`      // an event whose seq was not last+1
+	Dups      int64   `json:"dups"`      // an event at or below last
+	Closed    int64   `json:"closed"`    // connections the server closed
+	Closes    string  `json:"closes"`    // close codes seen
+	Latency   []int64 `json:"latency"`   // histogram counts, see bucketOf
+	PerEvent  []int64 `json:"perEvent"`  // max latency (µs) per event index, for fan-out
+	OpenMs    int64   `json:"openMs"`    // time to open all connections
+	CPUms     int64   `json:"cpuMs"`     // this process's CPU time
+	Goroutine int     `json:"goroutine"` // this process's goroutines
+}
+
+// Latency histogram: 1 µs resolution up to 1 ms, then 5% wide buckets up to
+// about 30 s; cheap enough to update per message.
+const histBuckets = 1000 + 360
+
+func bucketOf(us int64) int {
+	if us < 0 {
+		us = 0
+	}
+	if us < 1000 {
+		return int(us)
+	}
+	b := 1000 + int(math.Log(float64(us)/1000)/math.Log(1.05))
+	if b >= histBuckets {
+		b = histBuckets - 1
+	}
+	return b
+}
+
+func bucketValue(b int) int64 {
+	if b < 1000 {
+		return int64(b)
+	}
+	return int64(1000 * math.Pow(1.05, float64(b-1000+1)))
+}
+
+type worker struct {
+	spec    workerSpec
+	tokens  []string
+	events  atomic.Int64
+	gaps    atomic.Int64
+	dups    atomic.Int64
+	closed  atomic.Int64
+	mu      sync.Mutex
+	hist    []int64
+	perEv   []int64 // by event index (data "i")
+	closes  map[int]int
+	conns   []io.Closer
+	opened  int
+	failed  int
+	firstEr string
+	openDur time.Duration
+}
+
+func runWorker() {
+	var spec workerSpec
+	if err := json.Unmarshal([]byte(os.Getenv("BENCH_WORKER")), &spec); err != nil {
+		fmt.Fprintln(os.Stderr, "worker: bad spec:", err)
+		os.Exit(2)
+	}
+	if spec.Users <= 0 {
+		spec.Users = 1000
+	}
+	// Users are a multiple of rooms, so connection g (user g%users, room
+	// g%rooms) always has a user whose one room is g%rooms.
+	if spec.Users%spec.Rooms != 0 {
+		spec.Users += spec.Rooms - spec.Users%spec.Rooms
+	}
+	w := &worker{spec: spec, hist: make([]int64, histBuckets), closes: map[int]int{}}
+	s := &server{secret: spec.Secret}
+	w.tokens = make([]string, spec.Users)
+	for u := range w.tokens {
+		w.tokens[u] = s.token(fmt.Sprintf("user-%d", u), fmt.Sprintf("room-%d", u%spec.Rooms))
+	}
+	w.open()
+	out := json.NewEncoder(os.Stdout)
+	out.Encode(w.report())
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		switch strings.TrimSpace(sc.Text()) {
+		case "report":
+			out.Encode(w.report())
+		case "reset":
+			w.mu.Lock()
+			w.hist = make([]int64, histBuckets)
+			w.perEv = nil
+			w.mu.Unlock()
+			w.events.Store(0)
+			out.Encode(w.report())
+		case "close":
+			w.mu.Lock()
+			for _, c := range w.conns {
+				c.Close()
+			}
+			w.conns = nil
+			w.mu.Unlock()
+			out.Encode(w.report())
+		case "quit":
+			return
+		}
+	}
+}
+
+// assign gives global connection g its user's token and its room.
+func (w *worker) assign(i int) (token, room string) {
+	g := w.spec.Offset + i
+	return w.tokens[g%w.spec.Users], fmt.Sprintf("room-%d", g%w.spec.Rooms)
+}
+
+func (w *worker) open() {
+	start := time.Now()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for k := 0; k < 64; k++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= w.spec.N {
+					return
+				}
+				token, room := w.assign(i)
+				var c io.Closer
+				var err error
+				for attempt := 0; attempt < 3; attempt++ {
+					if w.spec.Transport == "sse" {
+						c, err = w.openSSE(token, room, w.spec.Offset+i)
+					} else {
+						c, err = w.openWS(token, room, w.spec.Offset+i)
+					}
+					if err == nil {
+						break
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+				w.mu.Lock()
+				if err != nil {
+					w.failed++
+					if w.firstEr == "" {
+						w.firstEr = err.Error()
+					}
+				} else {
+					w.opened++
+					w.conns = append(w.conns, c)
+				}
+				w.mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	w.openDur = time.Since(start)
+}
+
+func (w *worker) report() workerReport {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var codes []string
+	for c, n := range w.closes {
+		codes = append(codes, fmt.Sprintf("%d:%d", c, n))
+	}
+	return workerReport{
+		Opened: w.opened, Failed: w.failed, FirstErr: w.firstEr,
+		Events: w.events.Load(), Gaps: w.gaps.Load(), Dups: w.dups.Load(), Closed: w.closed.Load(),
+		Closes: strings.Join(codes, ","), Latency: append([]int64(nil), w.hist...), PerEvent: append([]int64(nil), w.perEv...),
+		OpenMs: w.openDur.Milliseconds(), CPUms: selfCPU().Milliseconds(), Goroutine: numGoroutine(),
+	}
+}
+
+// onEvent checks order and records latency from the "t" (ns) in the data.
+func (w *worker) onEvent(msg []byte, last *int64, now time.Time) {
+	seq := jsonInt(msg, `"seq":`)
+	if seq <= 0 {
+		return
+	}
+	w.events.Add(1)
+	switch {
+	case seq <= *last:
+		w.dups.Add(1)
+	case *last > 0 && seq != *last+1:
+		w.gaps.Add(1)
+	}
+	*last = seq
+	// API events carry "t" and "i" in their data; trigger events carry
+	// "t=... i=..." in the story title.
+	t := jsonInt(msg, `"t":`)
+	idx := jsonInt(msg, `"i":`)
+	if t <= 0 {
+		t, idx = jsonInt(msg, `t=`), jsonInt(msg, `i=`)
+	}
+	if t <= 0 {
+		return
+	}
+	us := now.Sub(time.Unix(0, t)).Microseconds()
+	w.mu.Lock()
+	w.hist[bucketOf(us)]++
+	if idx > 0 && idx < 100000 {
+		for int64(len(w.perEv)) <= idx {
+			w.perEv = append(w.perEv, 0)
+		}
+		if us > w.perEv[idx] {
+			w.perEv[idx] = us
+		}
+	}
+	w.mu.Unlock()
+}
+
+func (w *worker) onClose(code int) {
+	w.closed.Add(1)
+	w.mu.Lock()
+	w.closes[code]++
+	w.mu.Unlock()
+}
+
+// jsonInt finds key (like `"seq":`) in msg and parses the integer after it;
+// the generator must be cheap per message, so it does not decode JSON.
+func jsonInt(msg []byte, key string) int64 {
+	i := bytes.Index(msg, []byte(key))
+	if i < 0 {
+		return 0
+	}
+	j := i + len(key)
+	var n int64
+	for ; j < len(msg) && msg[j] >= '0' && msg[j] <= '9'; j++ {
+		n = n*10 + int64(msg[j]-'0')
+	}
+	return n
+}
+
+func (w *worker) openWS(token, room string, g int) (io.Closer, error) {
+	d := websocket.Dialer{
+		NetDialContext:   (&net.Dialer{LocalAddr: localAddr(g)}).DialContext,
+		ReadBufferSize:   4096,
+		WriteBufferSize:  512,
+		HandshakeTimeout: 30 * time.Second,
+	}
+	c, _, err := d.DialContext(context.Background(), "ws://"+w.spec.Addr+"/ws?token="+token, nil)
+	if err != nil {
+		return nil, err
+	}
+	c.WriteMessage(websocket.TextMessage, []byte(`{"event":"join_project","data":{"projectId":"`+room+`"},"ack":1}`))
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, msg, err := c.ReadMessage()
+	if err != nil || !bytes.Contains(msg, []byte("joined_project")) {
+		c.Close()
+		return nil, fmt.Errorf("join: %v %.100s", err, msg)
+	}
+	c.SetReadDeadline(time.Time{})
+	go func() {
+		var last int64
+		for {
+			_, r, err := c.NextReader()
+			if err != nil {
+				if ce, ok := err.(*websocket.CloseError); ok {
+					w.onClose(ce.Code)
+				}
+				return
+			}
+			msg, _ := io.ReadAll(r)
+			w.onEvent(msg, &last, time.Now())
+		}
+	}()
+	return c, nil
+}
+
+func (w *worker) openSSE(token, room string, g int) (io.Closer, error) {
+	d := net.Dialer{LocalAddr: localAddr(g), Timeout: 30 * time.Second}
+	c, err := d.Dial("tcp", w.spec.Addr)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(c, "GET /sse?projects=%s&token=%s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", room, token, w.spec.Addr)
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReaderSize(c, 4096)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		c.Close()
+		return nil, fmt.Errorf("sse: %v %v", err, resp)
+	}
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		if bytes.HasPrefix(line, []byte("event: joined_project")) {
+			break
+		}
+	}
+	c.SetReadDeadline(time.Time{})
+	go func() {
+		var last int64
+		for {
+			line, err := br.ReadSlice('\n')
+			if err != nil {
+				w.onClose(0) // SSE has no close code: the stream ended
+				return
+			}
+			if bytes.HasPrefix(line, []byte("data: ")) {
+				w.onEvent(line, &last, time.Now())
+			}
+		}
+	}()
+	return c, nil
+}
+
+// selfCPU returns this process's user+system CPU time.
+func selfCPU() time.Duration { return procCPU(os.Getpid()) }
+
+// procCPU reads utime+stime of a process from /proc.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(fields) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(fields[11], 10, 64)
+	st, _ := strconv.ParseInt(fields[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ is 100 on Linux
+}
