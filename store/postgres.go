@@ -352,36 +352,36 @@ func (p *Postgres) pruneEphemeral(ctx context.Context) error {
 	return err
 }
 
-// Prune deletes events older than the retention. It first raises each
-// project's pruned_through (so After reports the loss from then on) and
-// then deletes, in batches so no statement holds locks for long. It
-// returns how many events it deleted.
+// Prune deletes events older than the retention, project by project:
+// first it raises the project's pruned_through (so After reports the loss
+// from then on), then it deletes along the primary key. Each statement
+// stands alone, so the pruner holds at most one counter row lock at a time
+// and cannot deadlock with a transaction writing to several projects. A run
+// cut short is finished by the next: a project keeps showing up while it
+// holds old events. It returns how many events it deleted.
 func (p *Postgres) Prune(ctx context.Context) (int64, error) {
 	cutoff := time.Now().Add(-p.opts.Retention)
-	_, err := p.db.ExecContext(ctx, `
-		UPDATE push_project_seq c
-		SET pruned_through = o.max_seq
-		FROM (
-			SELECT project_id, max(seq) AS max_seq
-			FROM push_events
-			WHERE created_at < $1
-			GROUP BY project_id
-		) o
-		WHERE c.project_id = o.project_id AND c.pruned_through < o.max_seq`, cutoff)
+	var old []struct {
+		ProjectID string `db:"project_id"`
+		MaxSeq    int64  `db:"max_seq"`
+	}
+	err := p.db.SelectContext(ctx, &old, `
+		SELECT project_id, max(seq) AS max_seq
+		FROM push_events
+		WHERE created_at < $1
+		GROUP BY project_id`, cutoff)
 	if err != nil {
 		return 0, err
 	}
 	var total int64
-	for {
-		res, err := p.db.ExecContext(ctx, `
-			DELETE FROM push_events
-			WHERE ctid IN (
-				SELECT e.ctid
-				FROM push_events e
-				JOIN push_project_seq c ON c.project_id = e.project_id
-				WHERE e.seq <= c.pruned_through
-				LIMIT 5000
-			)`)
+	for _, o := range old {
+		if _, err := p.db.ExecContext(ctx, `
+			UPDATE push_project_seq SET pruned_through = $2
+			WHERE project_id = $1 AND pruned_through < $2`, o.ProjectID, o.MaxSeq); err != nil {
+			return total, err
+		}
+		res, err := p.db.ExecContext(ctx, `DELETE FROM push_events WHERE project_id = $1 AND seq <= $2`,
+			o.ProjectID, o.MaxSeq)
 		if err != nil {
 			return total, err
 		}
@@ -390,9 +390,6 @@ func (p *Postgres) Prune(ctx context.Context) (int64, error) {
 			return total, err
 		}
 		total += n
-		if n == 0 {
-			break
-		}
 	}
 	if err := p.pruneEphemeral(ctx); err != nil {
 		return total, err
@@ -441,6 +438,19 @@ func (p *Postgres) Close() error {
 	p.closed = true
 	p.mu.Unlock()
 	p.cancel()
-	p.wg.Wait()
-	return p.db.Close()
+	// Bounded, so a shutdown never hangs on a wedged connection (a dial
+	// holds pq's listener lock for up to connect_timeout).
+	done := make(chan struct{})
+	go func() {
+		p.wg.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		err = errors.New("store: background work did not stop within 30s")
+		p.log.Error(err.Error())
+	}
+	return errors.Join(err, p.db.Close())
 }
