@@ -130,6 +130,10 @@ func loadConfig() (config, error) {
 		MemoryHistory:   intEnv("EMBEDDED_HISTORY", 10000, &errs),
 		AuthTimeout:     ms("AUTH_TIMEOUT_MS", 10000),
 	}
+	if c.MemoryHistory < 2 {
+		// The embedded store trims its history to half this size at once.
+		errs = append(errs, fmt.Errorf("EMBEDDED_HISTORY must be at least 2, not %d", c.MemoryHistory))
+	}
 	for _, o := range strings.Split(os.Getenv("WEBSOCKET_CORS_ORIGIN"), ",") {
 		if o = strings.TrimSpace(o); o != "" {
 			c.Origins = append(c.Origins, o)

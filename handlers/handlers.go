@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net/http"
@@ -192,7 +193,8 @@ func (a *api) publish(c echo.Context) error {
 	}
 	var req publishRequest
 	dec := json.NewDecoder(c.Request().Body)
-	if err := dec.Decode(&req); err != nil {
+	if err := dec.Decode(&req); err != nil || dec.Decode(&struct{}{}) != io.EOF {
+		// One JSON object and nothing after it.
 		return badRequest(c, "body must be a JSON object {projectId|userId, event, data}")
 	}
 	if len(req.Data) == 0 || req.Data[0] != '{' {

@@ -157,23 +157,6 @@ func (c *Conn) enqueue(f *Frame, force bool) bool {
 	return true
 }
 
-// enqueueMany appends a join's reply and replay as one unit, so nothing of the
-// room can slip between them.
-func (c *Conn) enqueueMany(fs []*Frame) bool {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return false
-	}
-	wasEmpty := len(c.queue) == 0
-	c.queue = append(c.queue, fs...)
-	c.mu.Unlock()
-	if wasEmpty && len(fs) > 0 {
-		c.out.Wake()
-	}
-	return true
-}
-
 // Close codes the hub itself decides (PROTOCOL section 3).
 const (
 	CloseGoingAway       = 1001

@@ -1,17 +1,19 @@
 package transports
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"sagapush/hub"
 )
@@ -20,11 +22,15 @@ const sseTransportName = "sse"
 
 // SSEOptions configure the Server-Sent Events transport.
 type SSEOptions struct {
-	Heartbeat  time.Duration // comment line interval (default 15s)
-	Retry      time.Duration // the retry: hint for browsers (default 2s)
-	Origins    Origins
-	Handshakes *AddrLimiter
-	Logger     *slog.Logger
+	Heartbeat time.Duration // comment line interval (default 15s)
+	Retry     time.Duration // the retry: hint for browsers (default 2s)
+	// WriteTimeout bounds each write to the client (default 30s): a client
+	// that takes no byte for that long is gone. It is a deadline per write,
+	// not a server WriteTimeout, so it never cuts a healthy stream.
+	WriteTimeout time.Duration
+	Origins      Origins
+	Handshakes   *AddrLimiter
+	Logger       *slog.Logger
 }
 
 // SSE serves GET /sse?projects=P1,P2: the same hub, messages and guarantees
@@ -33,6 +39,7 @@ type SSE struct {
 	hub  *hub.Hub
 	auth *Authenticator
 	opts SSEOptions
+	sent prometheus.Counter
 
 	mu      sync.Mutex
 	streams int
@@ -46,10 +53,13 @@ func NewSSE(h *hub.Hub, a *Authenticator, opts SSEOptions) *SSE {
 	if opts.Retry <= 0 {
 		opts.Retry = 2 * time.Second
 	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 30 * time.Second
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &SSE{hub: h, auth: a, opts: opts}
+	return &SSE{hub: h, auth: a, opts: opts, sent: h.Metrics().MessagesOut.WithLabelValues(sseTransportName)}
 }
 
 // Len counts open streams.
@@ -82,19 +92,6 @@ func ParseCursor(s string) (Cursor, error) {
 		c[id] = n
 	}
 	return c, nil
-}
-
-// appendCursor writes the cursor of the given projects, in that order.
-func appendCursor(b []byte, projects []string, seqs map[string]int64) []byte {
-	for i, p := range projects {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, p...)
-		b = append(b, ':')
-		b = strconv.AppendInt(b, seqs[p], 10)
-	}
-	return b
 }
 
 func (s *SSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -146,12 +143,12 @@ func (s *SSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if last == "" {
 		last = q.Get("lastEventId")
 	}
-	cursor, err := ParseCursor(last)
+	resume, err := ParseCursor(last)
 	if err != nil {
 		refuse(http.StatusBadRequest, "INVALID_MESSAGE", "Last-Event-ID: "+err.Error(), "bad_request")
 		return
 	}
-	for p, n := range cursor { // the cursor wins over since
+	for p, n := range resume { // the cursor wins over since
 		since[p] = n
 	}
 
@@ -165,11 +162,21 @@ func (s *SSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(status, "RATE_LIMIT_EXCEEDED", err.Error(), "refused")
 		return
 	}
-	defer s.hub.Disconnect(conn)
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			s.hub.Disconnect(conn)
+		}
+	}()
 
 	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
 	var joined []string
 	var denied []hub.ErrorData
+	// What the joins queued is taken out of the hub's queue after each
+	// join: the replays of several projects together may exceed QueueLimit,
+	// which is meant for a client that does not read, not for a stream that
+	// has not started yet.
+	var first []*hub.Frame
 	// The cursor starts where each project starts: after the client's
 	// since when that is recovered, else at the project's seq at the join.
 	seqs := make(map[string]int64, len(projects))
@@ -179,6 +186,7 @@ func (s *SSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			from = &n
 		}
 		res, err := s.hub.Join(ctx, conn, p, from, nil)
+		first = conn.Pull(first, 0)
 		if err != nil {
 			denied = append(denied, joinError(err, p))
 			continue
@@ -198,47 +206,144 @@ func (s *SSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	// Not through the hub's queue (Send): behind big replays the queue
+	// may be over QueueLimit, and the error would abort the stream.
 	for _, d := range denied {
-		conn.Send(hub.ErrorFrame(d, nil))
+		first = append(first, hub.ErrorFrame(d, nil))
 	}
+	slices.Sort(joined)
+	cur := cursor{projects: joined, seqs: make([]int64, len(joined))}
+	for i, p := range joined {
+		cur.seqs[i] = seqs[p]
+	}
+	// Every joined_project comes first (PROTOCOL section 4), then replays
+	// and live events; a stable partition keeps each project's order.
+	first = conn.Pull(first, 0)
+	slices.SortStableFunc(first, func(a, b *hub.Frame) int {
+		return boolRank(a.Name != "joined_project") - boolRank(b.Name != "joined_project")
+	})
+
+	// Take the connection over: the stream's own goroutine writes it from
+	// here, and this handler returns, so net/http frees its request,
+	// response, buffers and the handler's deep stack, which it would
+	// otherwise keep for the stream's whole life.
+	nc, brw, err := http.NewResponseController(unwrapWriter(w)).Hijack()
+	if err != nil {
+		refuse(http.StatusInternalServerError, "INTERNAL_ERROR", "streaming is not supported on this connection", "hijack_failed")
+		return
+	}
+	_ = brw // its buffers hold nothing we need: the client sends nothing more
 	metrics.WithLabelValues(sseTransportName, "ok").Inc()
 	s.mu.Lock()
 	s.streams++
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		s.streams--
-		s.mu.Unlock()
-	}()
+	st.attach(nc)
 
-	slices.Sort(joined)
-	// Every joined_project comes first (PROTOCOL section 4), then replays
-	// and live events; a stable partition keeps each project's order.
-	first := conn.Pull(nil, 0)
-	slices.SortStableFunc(first, func(a, b *hub.Frame) int {
-		return boolRank(a.Name != "joined_project") - boolRank(b.Name != "joined_project")
-	})
-	s.stream(w, r, conn, st, first, joined, seqs, exp)
+	head := sseHead
+	if o := w.Header().Get("Access-Control-Allow-Origin"); o != "" {
+		head += "Access-Control-Allow-Origin: " + o + "\r\nVary: Origin\r\n"
+	}
+	head += "\r\nretry: " + strconv.FormatInt(s.opts.Retry.Milliseconds(), 10) + "\n\n"
+	ss := &sseWriter{s: s, conn: conn, st: st, nc: nc, cur: cur}
+	handedOff = true
+	if !ss.write([]byte(head), first) {
+		ss.end()
+		return
+	}
+	go ss.loop(exp)
 }
 
-// stream writes the queued frames until the client leaves, the token
-// expires, the hub closes the connection, or the stream falls behind.
-func (s *SSE) stream(w http.ResponseWriter, r *http.Request, conn *hub.Conn, st *sseStream, first []*hub.Frame, projects []string, seqs map[string]int64, exp time.Time) {
-	rc := http.NewResponseController(w)
-	rc.SetWriteDeadline(time.Time{}) // a server WriteTimeout must not cut the stream
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache, no-transform")
-	h.Set("X-Accel-Buffering", "no")
-	h.Set("Connection", "keep-alive")
-	w.WriteHeader(http.StatusOK)
+// sseHead is the response head of every stream. The body ends when the
+// connection closes (no length, no chunking: a raw stream proxies and
+// parses most simply).
+const sseHead = "HTTP/1.1 200 OK\r\n" +
+	"Content-Type: text/event-stream\r\n" +
+	"Cache-Control: no-cache, no-transform\r\n" +
+	"X-Accel-Buffering: no\r\n" +
+	"Connection: close\r\n"
 
-	bw := bufio.NewWriterSize(w, 2048)
-	bw.WriteString("retry: ")
-	bw.WriteString(strconv.FormatInt(s.opts.Retry.Milliseconds(), 10))
-	bw.WriteString("\n\n")
+// cursor is the stream's position: the last seq written per project, in
+// the order of projects (sorted).
+type cursor struct {
+	projects []string
+	seqs     []int64
+}
 
-	heartbeat := time.NewTicker(s.opts.Heartbeat)
+func (c *cursor) advance(projectID string, seq int64) bool {
+	for i, p := range c.projects {
+		if p == projectID {
+			c.seqs[i] = seq
+			return true
+		}
+	}
+	return false
+}
+
+func (c *cursor) append(b []byte) []byte {
+	for i, p := range c.projects {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, p...)
+		b = append(b, ':')
+		b = strconv.AppendInt(b, c.seqs[i], 10)
+	}
+	return b
+}
+
+// sseWriter owns one hijacked stream.
+type sseWriter struct {
+	s    *SSE
+	conn *hub.Conn
+	st   *sseStream
+	nc   net.Conn
+	cur  cursor
+}
+
+// batchPool holds the buffers batches are built in: a stream holds none
+// while idle.
+var batchPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// write writes prefix and frames in one write and reports whether the
+// stream goes on.
+func (w *sseWriter) write(prefix []byte, frames []*hub.Frame) bool {
+	buf := batchPool.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= 64<<10 {
+			buf.Reset()
+			batchPool.Put(buf)
+		}
+	}()
+	buf.Write(prefix)
+	goOn := true
+	for i, f := range frames {
+		frames[i] = nil
+		if f.CloseCode > 0 {
+			goOn = false
+			break
+		}
+		var id []byte
+		if f.Seq > 0 && w.cur.advance(f.ProjectID, f.Seq) {
+			id = w.cur.append(make([]byte, 0, 64))
+		}
+		writeSSE(buf, f.Name, f.JSON, id)
+		w.s.sent.Inc()
+	}
+	if buf.Len() == 0 {
+		return goOn
+	}
+	if !w.st.arm(w.s.opts.WriteTimeout) {
+		return false
+	}
+	_, err := w.nc.Write(buf.Bytes())
+	return err == nil && goOn
+}
+
+// loop writes what the hub queues until the client leaves, the token
+// expires, the hub closes the stream, or it falls behind.
+func (w *sseWriter) loop(exp time.Time) {
+	defer w.end()
+	heartbeat := time.NewTicker(w.s.opts.Heartbeat)
 	defer heartbeat.Stop()
 	var expired <-chan time.Time
 	if !exp.IsZero() {
@@ -246,55 +351,60 @@ func (s *SSE) stream(w http.ResponseWriter, r *http.Request, conn *hub.Conn, st 
 		defer t.Stop()
 		expired = t.C
 	}
-	out := s.hub.Metrics().MessagesOut.WithLabelValues(sseTransportName)
-	var idBuf []byte
-	flush := func() bool {
-		return bw.Flush() == nil && rc.Flush() == nil
-	}
-	// write writes frames and reports whether the stream goes on.
-	write := func(frames []*hub.Frame) bool {
-		for i, f := range frames {
-			frames[i] = nil
-			if f.CloseCode > 0 {
-				flush()
-				return false
-			}
-			var id []byte
-			if _, ok := seqs[f.ProjectID]; ok && f.Seq > 0 {
-				seqs[f.ProjectID] = f.Seq
-				idBuf = appendCursor(idBuf[:0], projects, seqs)
-				id = idBuf
-			}
-			writeSSE(bw, f.Name, f.JSON, id)
-			out.Inc()
-		}
-		return flush()
-	}
-	if !write(first) {
-		return
-	}
-	frames := first[:0]
+	var frames []*hub.Frame
 	for {
 		select {
-		case <-r.Context().Done():
-			return
-		case <-st.done:
+		case <-w.st.done:
 			return // aborted: too slow; the client resumes with its cursor
 		case <-expired:
-			writeSSE(bw, "error", hub.ErrorFrame(hub.ErrorData{Code: "TOKEN_EXPIRED", Message: "token expired"}, nil).JSON, nil)
-			flush()
+			var buf bytes.Buffer
+			writeSSE(&buf, "error", hub.ErrorFrame(hub.ErrorData{Code: "TOKEN_EXPIRED", Message: "token expired"}, nil).JSON, nil)
+			w.write(buf.Bytes(), nil)
 			return
 		case <-heartbeat.C:
-			bw.WriteString(": heartbeat\n\n")
-			if !flush() {
+			if w.gone() || !w.write([]byte(": heartbeat\n\n"), nil) {
 				return
 			}
-		case <-st.wake:
-			frames = conn.Pull(frames[:0], 0)
-			if !write(frames) {
+		case <-w.st.wake:
+			frames = w.conn.Pull(frames[:0], 0)
+			if !w.write(nil, frames) {
 				return
+			}
+			if cap(frames) > 64 {
+				frames = nil
 			}
 		}
+	}
+}
+
+// gone reports whether the client closed its side. Nothing reads the
+// stream's socket (that would take a goroutine per stream), so it is
+// probed at each heartbeat: a closed peer reads EOF at once.
+func (w *sseWriter) gone() bool {
+	var b [1]byte
+	w.nc.SetReadDeadline(pastDeadline)
+	_, err := w.nc.Read(b[:])
+	var ne net.Error
+	return err == nil || !(errors.As(err, &ne) && ne.Timeout())
+}
+
+func (w *sseWriter) end() {
+	w.nc.Close()
+	w.s.hub.Disconnect(w.conn)
+	w.s.mu.Lock()
+	w.s.streams--
+	w.s.mu.Unlock()
+}
+
+// unwrapWriter returns the innermost http.ResponseWriter under wrappers
+// that expose it with Unwrap.
+func unwrapWriter(w http.ResponseWriter) http.ResponseWriter {
+	for {
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return w
+		}
+		w = u.Unwrap()
 	}
 }
 
@@ -307,7 +417,7 @@ func boolRank(b bool) int {
 
 // writeSSE writes one message. JSON holds no raw newline when encoded by
 // encoding/json, but split defensively: the spec joins data lines with \n.
-func writeSSE(bw *bufio.Writer, name string, data, id []byte) {
+func writeSSE(bw *bytes.Buffer, name string, data, id []byte) {
 	if id != nil {
 		bw.WriteString("id: ")
 		bw.Write(id)
@@ -334,6 +444,33 @@ type sseStream struct {
 	wake chan struct{}
 	done chan struct{}
 	once sync.Once
+
+	mu      sync.Mutex
+	nc      net.Conn // set once the stream is taken over
+	aborted bool
+}
+
+// pastDeadline makes a pending or future read or write fail at once.
+var pastDeadline = time.Unix(1, 0)
+
+func (st *sseStream) attach(nc net.Conn) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.nc = nc
+	if st.aborted {
+		nc.SetWriteDeadline(pastDeadline)
+	}
+}
+
+// arm sets the deadline of the next write; false once aborted.
+func (st *sseStream) arm(timeout time.Duration) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.aborted {
+		return false
+	}
+	st.nc.SetWriteDeadline(time.Now().Add(timeout))
+	return true
 }
 
 func (st *sseStream) Wake() {
@@ -343,4 +480,15 @@ func (st *sseStream) Wake() {
 	}
 }
 
-func (st *sseStream) Abort(int, string) { st.once.Do(func() { close(st.done) }) }
+// Abort ends the stream: the writer returns at once, even from a write
+// blocked on a client that reads nothing (the hub aborts exactly those:
+// QueueLimit frames behind).
+func (st *sseStream) Abort(int, string) {
+	st.once.Do(func() { close(st.done) })
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.aborted = true
+	if st.nc != nil {
+		st.nc.SetWriteDeadline(pastDeadline)
+	}
+}

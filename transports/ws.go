@@ -109,12 +109,10 @@ func NewWebSocket(h *hub.Hub, a *Authenticator, opts WSOptions) *WebSocket {
 	m.HandleConnect(ws.onConnect)
 	m.HandleDisconnect(ws.onDisconnect)
 	m.HandleMessage(ws.onMessage)
-	m.HandleMessageBinary(func(s *melody.Session, _ []byte) {
-		if c := clientOf(s); c != nil {
-			c.touch()
-			c.replyError(hub.ErrorData{Code: "INVALID_MESSAGE", Message: "binary frames are not accepted"}, nil)
-		}
-	})
+	// A binary frame goes through the inbox as nil (a text frame is never
+	// nil: gorilla reads it with io.ReadAll), so that its error comes in
+	// order with the answers to the frames before it.
+	m.HandleMessageBinary(func(s *melody.Session, _ []byte) { ws.onMessage(s, nil) })
 	m.HandleSentMessage(func(s *melody.Session, _ []byte) {
 		if c := clientOf(s); c != nil {
 			c.sent()
@@ -338,6 +336,10 @@ func (c *wsClient) work() {
 
 // handle acts on one client frame.
 func (ws *WebSocket) handle(c *wsClient, msg []byte) {
+	if msg == nil {
+		c.replyError(hub.ErrorData{Code: "INVALID_MESSAGE", Message: "binary frames are not accepted"}, nil)
+		return
+	}
 	f, err := DecodeClientFrame(msg)
 	if err != nil {
 		c.replyError(hub.ErrorData{Code: "INVALID_MESSAGE", Message: err.Error()}, f.Ack)
@@ -585,7 +587,8 @@ func (c *wsClient) handleAuth(f ClientFrame) {
 	c.mu.Lock()
 	conn := c.conn
 	c.mu.Unlock()
-	if conn != nil {
+	refresh := conn != nil
+	if refresh {
 		if conn.User().ID != u.ID {
 			c.replyError(hub.ErrorData{Code: "UNAUTHORIZED", Message: "the new token names another user"}, f.Ack)
 			return
@@ -593,6 +596,10 @@ func (c *wsClient) handleAuth(f ClientFrame) {
 		conn.SetUser(u)
 	} else {
 		conn, err = c.ws.hub.Connect(u, wsTransportName, c)
+		if errors.Is(err, hub.ErrClosed) {
+			c.closeWith(hub.CloseGoingAway, "server shutting down")
+			return
+		}
 		if err != nil {
 			c.replyError(hub.ErrorData{Code: "RATE_LIMIT_EXCEEDED", Message: err.Error()}, f.Ack)
 			c.closeWith(closeTooManyWS, "too many connections")
@@ -600,6 +607,15 @@ func (c *wsClient) handleAuth(f ClientFrame) {
 		}
 	}
 	c.mu.Lock()
+	if c.gone {
+		// The socket closed while this frame waited for the worker:
+		// onDisconnect did not see this connection, so it is undone here.
+		c.mu.Unlock()
+		if !refresh {
+			c.ws.hub.Disconnect(conn)
+		}
+		return
+	}
 	c.conn, c.expires = conn, exp
 	c.armExpiryLocked()
 	c.mu.Unlock()
@@ -608,6 +624,10 @@ func (c *wsClient) handleAuth(f ClientFrame) {
 		data["expiresAt"] = exp.UnixMilli()
 	}
 	conn.Send(hub.Reply("authenticated", "", data, f.Ack))
+	if refresh {
+		// The new token may grant fewer projects.
+		c.ws.hub.Recheck(ctx, conn)
+	}
 }
 
 // armExpiryLocked replaces the auth deadline or the previous token's expiry
