@@ -430,9 +430,39 @@ func TestWSRateLimit(t *testing.T) {
 	b.expectSilence(t, 300*time.Millisecond)
 	// Another user is not limited.
 	other.expectNothingQueued(t)
-	// Bad frames are answered and do not close the connection.
-	a.sendRaw(t, "garbage")
-	a.expectError(t, "INVALID_MESSAGE")
+	// Bad frames are answered and do not close the connection (over the
+	// limit they count as frames: TestWSRateLimitBadFramesAndAbuse).
+	other.sendRaw(t, "garbage")
+	other.expectError(t, "INVALID_MESSAGE")
+	other.expectNothingQueued(t)
+}
+
+// Bad frames count against the limit too (they are client frames), auth
+// frames do not, and a client that keeps going after 100 refusals in a row
+// is closed with 4429 while another user's connection is untouched.
+func TestWSRateLimitBadFramesAndAbuse(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "RATE_LIMIT_WINDOW_MS=3600000", "RATE_LIMIT_MAX_EVENTS=3")
+	tok := s.userToken(t, "u1")
+	c := dialWS(t, s, tok)
+	other := dialWS(t, s, s.userToken(t, "u2"))
+	c.sendRaw(t, "garbage")
+	c.expectError(t, "INVALID_MESSAGE")
+	c.authenticate(t, tok) // not counted
+	c.call(t, "ping", nil)
+	c.call(t, "ping", nil)
+	c.sendRaw(t, "garbage") // the 4th counted frame
+	c.expectError(t, "RATE_LIMIT_EXCEEDED")
+	for i := 0; i < 99; i++ {
+		c.sendRaw(t, "garbage")
+	}
+	for i := 0; i < 99; i++ {
+		c.expectNext(t, "error")
+	}
+	c.expectClose(t, 4429)
+	if m := other.call(t, "ping", nil); m["event"] != "pong" {
+		t.Fatalf("the other user's connection: %v", m)
+	}
 }
 
 // The limit refills: after retryAfterMs a frame passes again.

@@ -336,16 +336,31 @@ func (c *wsClient) work() {
 
 // handle acts on one client frame.
 func (ws *WebSocket) handle(c *wsClient, msg []byte) {
-	if msg == nil {
-		c.replyError(hub.ErrorData{Code: "INVALID_MESSAGE", Message: "binary frames are not accepted"}, nil)
-		return
-	}
-	f, err := DecodeClientFrame(msg)
-	if err != nil {
-		c.replyError(hub.ErrorData{Code: "INVALID_MESSAGE", Message: err.Error()}, f.Ack)
-		return
-	}
 	conn := c.hubConn()
+	var f ClientFrame
+	var bad error
+	if msg == nil {
+		bad = errors.New("binary frames are not accepted")
+	} else {
+		f, bad = DecodeClientFrame(msg)
+	}
+	// Every frame of an authenticated user counts against the rate limit,
+	// bad ones included, except auth: a token refresh is never refused for
+	// being busy.
+	if conn != nil && (bad != nil || f.Event != "auth") {
+		if ok, retry := ws.hub.Allow(conn); !ok {
+			c.replyError(hub.ErrorData{Code: "RATE_LIMIT_EXCEEDED", Message: "too many events", RetryAfterMs: max(retry.Milliseconds(), 1)}, f.Ack)
+			if c.refused(); c.abusive() {
+				conn.CloseAfterFlush(hub.CloseTooMany, "sustained abuse") // after the answer
+			}
+			return
+		}
+		c.allowed()
+	}
+	if bad != nil {
+		c.replyError(hub.ErrorData{Code: "INVALID_MESSAGE", Message: bad.Error()}, f.Ack)
+		return
+	}
 	ws.hub.Metrics().MessagesIn.WithLabelValues(wsTransportName, metricEvent(f.Event)).Inc()
 	if f.Event == "auth" {
 		c.handleAuth(f)
@@ -353,10 +368,6 @@ func (ws *WebSocket) handle(c *wsClient, msg []byte) {
 	}
 	if conn == nil {
 		c.replyError(hub.ErrorData{Code: "UNAUTHORIZED", Message: "authenticate first with an auth frame"}, f.Ack)
-		return
-	}
-	if ok, retry := ws.hub.Allow(conn); !ok {
-		c.replyError(hub.ErrorData{Code: "RATE_LIMIT_EXCEEDED", Message: "too many events", RetryAfterMs: max(retry.Milliseconds(), 1)}, f.Ack)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -441,6 +452,8 @@ type wsClient struct {
 	timer    *time.Timer // auth deadline, then token expiry
 	inflight []int       // sizes of frames handed to melody, oldest first
 	gone     bool
+
+	refusedRun int // rate-limited frames in a row
 
 	inbox     [][]byte   // client frames waiting for the worker
 	working   bool       // a worker goroutine is running
@@ -569,6 +582,15 @@ func (c *wsClient) Abort(code int, reason string) {
 		conn.Close()
 	}()
 }
+
+// abuseRun is how many rate-limited frames in a row make a client abusive:
+// one that ignores retryAfterMs, not one that overshot once.
+const abuseRun = 100
+
+// refused, allowed and abusive run on the worker goroutine only.
+func (c *wsClient) refused()      { c.refusedRun++ }
+func (c *wsClient) allowed()      { c.refusedRun = 0 }
+func (c *wsClient) abusive() bool { return c.refusedRun >= abuseRun }
 
 // handleAuth takes the first token (auth frame) or a refresh.
 func (c *wsClient) handleAuth(f ClientFrame) {
