@@ -140,6 +140,12 @@ func fanoutScenario(ctx context.Context, b *bench) error {
 		return err
 	}
 	pub := newPublisher(s)
+	profiled := make(chan struct{})
+	go func() {
+		defer close(profiled)
+		s.saveProfile(fmt.Sprintf("profile?seconds=%d", b.sc.fanoutEvents/4+1), "cpu-fanout.pprof")
+	}()
+	defer func() { <-profiled }()
 	cpu0, gcpu0, t0 := procCPU(s.cmd.Process.Pid), f.cpu(), time.Now()
 	n := b.sc.fanoutEvents
 	for i := 1; i <= n; i++ {
@@ -164,6 +170,11 @@ func fanoutScenario(ctx context.Context, b *bench) error {
 	for i := 1; i < len(t.PerEvent); i++ {
 		last = append(last, t.PerEvent[i])
 	}
+	fmt.Fprintf(os.Stderr, "bench: fanout: per-event last arrival (ms):")
+	for _, v := range last {
+		fmt.Fprintf(os.Stderr, " %.0f", float64(v)/1000)
+	}
+	fmt.Fprintln(os.Stderr)
 	scen := fmt.Sprintf("fanout-%d", b.sc.fanout)
 	note := fmt.Sprintf("%d events, one at a time; %s", n, cpuNote(procCPU(s.cmd.Process.Pid)-cpu0, f.cpu()-gcpu0, wall))
 	b.add(scen, "last member reached p50", pctOf(last, 0.5), "ms", note)

@@ -1,0 +1,295 @@
+package client_test
+
+// A small starter for the real server binary (the root package's harness
+// cannot be imported from here): it builds the binary once (with -race, or
+// takes SAGAPUSH_TEST_BIN), starts it with a chosen environment and stops it
+// with a signal.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	_ "github.com/lib/pq" // the postgres driver of database/sql
+
+	"sagapush/auth"
+)
+
+const testSecret = "sagapush-client-test-secret-0123456789"
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+	buildDir  string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// serverBinary builds the server once per test binary.
+func serverBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if p := os.Getenv("SAGAPUSH_TEST_BIN"); p != "" {
+			binPath = p
+			return
+		}
+		buildDir, buildErr = os.MkdirTemp("", "sagapush-client-test-")
+		if buildErr != nil {
+			return
+		}
+		binPath = filepath.Join(buildDir, "sagapush")
+		cmd := exec.Command("go", "build", "-race", "-o", binPath, "sagapush")
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Run(); err != nil {
+			buildErr = fmt.Errorf("go build -race sagapush: %v\n%s", err, out.String())
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// serverEnvKeys are never inherited from the test's environment.
+var serverEnvKeys = []string{
+	"PORT", "DATABASE_URL", "JWT_SECRET", "JWT_PUBLIC_KEY_FILE", "JWT_JWKS_URL", "JWT_ISSUER", "JWT_AUDIENCE",
+	"WEBSOCKET_CORS_ORIGIN", "WEBSOCKET_PING_INTERVAL", "WEBSOCKET_PING_TIMEOUT", "RATE_LIMIT_WINDOW_MS",
+	"RATE_LIMIT_MAX_EVENTS", "SSE_HEARTBEAT_MS", "MAX_CONNECTIONS_PER_USER", "HANDSHAKES_PER_SECOND",
+	"HANDSHAKE_BURST", "SHUTDOWN_GRACE_MS", "RECONNECT_AFTER_MS", "AUTO_MIGRATE", "EVENT_RETENTION_HOURS",
+	"WS_COMPRESS_ABOVE", "QUEUE_LIMIT", "ROOM_HISTORY", "MAX_REPLAY", "EMBEDDED_HISTORY", "AUTH_TIMEOUT_MS",
+	"DEBUG", "LOG_LEVEL", "PPROF",
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// server is one running server process.
+type server struct {
+	URL    string
+	Port   int
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	exited chan struct{}
+}
+
+var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
+
+// startServer runs the binary with JWT_SECRET=testSecret, PORT=0 and no
+// DATABASE_URL, then env (KEY=VALUE, later wins), and waits until it
+// listens. It is stopped (SIGTERM, then SIGKILL) when the test ends.
+func startServer(t testing.TB, env ...string) *server {
+	t.Helper()
+	var full []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		keep := true
+		for _, s := range serverEnvKeys {
+			keep = keep && k != s
+		}
+		if keep {
+			full = append(full, kv)
+		}
+	}
+	full = append(full, "PORT=0", "JWT_SECRET="+testSecret)
+	full = append(full, env...)
+	s := &server{stderr: &syncBuffer{}, exited: make(chan struct{})}
+	s.cmd = exec.Command(serverBinary(t), "serve")
+	s.cmd.Env = full
+	pipe, err := s.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatalf("start server: %v", err)
+	}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pipe)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		found := false
+		for sc.Scan() {
+			line := sc.Text()
+			s.stderr.Write([]byte(line + "\n"))
+			if m := listeningRE.FindStringSubmatch(line); m != nil && !found {
+				found = true
+				addr <- m[1]
+			}
+		}
+		io.Copy(s.stderr, pipe)
+		s.cmd.Wait()
+		close(s.exited)
+	}()
+	t.Cleanup(func() {
+		s.stop(t, syscall.SIGTERM)
+		out := s.stderr.String()
+		if strings.Contains(out, "WARNING: DATA RACE") {
+			t.Errorf("the server reported a data race")
+		}
+		if t.Failed() {
+			if len(out) > 32<<10 {
+				out = "...\n" + out[len(out)-32<<10:]
+			}
+			t.Logf("server stderr:\n%s", out)
+		}
+	})
+	select {
+	case a := <-addr:
+		port, err := strconv.Atoi(a[strings.LastIndexByte(a, ':')+1:])
+		if err != nil {
+			t.Fatalf("cannot parse listening address %q", a)
+		}
+		s.Port = port
+		s.URL = fmt.Sprintf("http://127.0.0.1:%d", port)
+	case <-s.exited:
+		t.Fatalf("server exited before listening:\n%s", s.stderr.String())
+	case <-time.After(20 * time.Second):
+		t.Fatal("server did not listen within 20 s")
+	}
+	return s
+}
+
+// stop sends sig (SIGKILL after 10 s) unless the process exited, and waits
+// for it.
+func (s *server) stop(t testing.TB, sig syscall.Signal) {
+	t.Helper()
+	select {
+	case <-s.exited:
+		return
+	default:
+	}
+	s.cmd.Process.Signal(sig)
+	select {
+	case <-s.exited:
+	case <-time.After(10 * time.Second):
+		t.Errorf("server did not exit within 10 s of %v; killing it", sig)
+		s.cmd.Process.Kill()
+		<-s.exited
+	}
+}
+
+// freePort returns a port nobody listens on, chosen below the ephemeral
+// range so that no outgoing connection can take it while a server that
+// used it is down (a restart on the same port must find it free).
+func freePort(t testing.TB) int {
+	t.Helper()
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
+	}
+	if low > 12000 {
+		for range 100 {
+			p := 10000 + rand.IntN(low-10000-1)
+			if ln, err := net.Listen("tcp", ":"+strconv.Itoa(p)); err == nil {
+				ln.Close()
+				return p
+			}
+		}
+	}
+	ln, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// token mints an HS256 token with the test secret.
+func token(t testing.TB, c auth.Claims, ttl time.Duration) string {
+	t.Helper()
+	tok, err := auth.Mint([]byte(testSecret), c, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func serviceToken(t testing.TB) string {
+	return token(t, auth.Claims{UserID: "backend", Role: auth.RoleService}, time.Hour)
+}
+
+// publish posts a domain event as the backend does and returns its seq.
+func publish(t testing.TB, s *server, projectID, event string, data any) int64 {
+	t.Helper()
+	b, _ := json.Marshal(map[string]any{"projectId": projectID, "event": event, "data": data})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", s.URL+"/api/events", bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+serviceToken(t))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Seq int64 `json:"seq"`
+	}
+	rb, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusAccepted || json.Unmarshal(rb, &body) != nil {
+		t.Fatalf("publish: status %d, body %s", resp.StatusCode, rb)
+	}
+	return body.Seq
+}
+
+// openDB opens a database for seeding and inserts.
+func openDB(t testing.TB, url string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("postgres", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func mustExec(t testing.TB, db *sql.DB, query string, args ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := db.ExecContext(ctx, query, args...); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+}
