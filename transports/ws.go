@@ -77,6 +77,7 @@ func NewWebSocket(h *hub.Hub, a *Authenticator, opts WSOptions) *WebSocket {
 	if opts.Credit <= 0 {
 		opts.Credit = 4
 	}
+	opts.Credit = min(opts.Credit, maxCredit)
 	if opts.ReadBuffer <= 0 {
 		opts.ReadBuffer = 256
 	}
@@ -285,6 +286,31 @@ func (ws *WebSocket) onDisconnect(s *melody.Session) {
 	}
 }
 
+// maxCredit bounds WSOptions.Credit: the in-flight sizes live in a fixed
+// ring, so handing a frame to melody never allocates.
+const maxCredit = 8
+
+// sizeRing is a FIFO of at most maxCredit message sizes.
+type sizeRing struct {
+	sizes [maxCredit]int32
+	head  int8
+	n     int
+}
+
+func (r *sizeRing) push(size int) {
+	r.sizes[(int(r.head)+r.n)%maxCredit] = int32(min(size, 1<<30))
+	r.n++
+}
+
+func (r *sizeRing) pop() {
+	if r.n > 0 {
+		r.head = int8((int(r.head) + 1) % maxCredit)
+		r.n--
+	}
+}
+
+func (r *sizeRing) first() int { return int(r.sizes[r.head]) }
+
 // maxInbox bounds the client frames waiting for the worker; the read loop
 // waits beyond it, which pushes back on the client through TCP.
 const maxInbox = 32
@@ -450,7 +476,7 @@ type wsClient struct {
 	conn     *hub.Conn // nil until authenticated
 	expires  time.Time
 	timer    *time.Timer // auth deadline, then token expiry
-	inflight []int       // sizes of frames handed to melody, oldest first
+	inflight sizeRing    // sizes of frames handed to melody, oldest first
 	gone     bool
 
 	refusedRun int // rate-limited frames in a row
@@ -485,7 +511,7 @@ func (c *wsClient) pumpLocked() {
 	if c.sess == nil || c.conn == nil || c.gone || c.aborted {
 		return
 	}
-	free := c.ws.opts.Credit - len(c.inflight)
+	free := c.ws.opts.Credit - c.inflight.n
 	if free <= 0 {
 		return
 	}
@@ -506,10 +532,10 @@ func (c *wsClient) pumpLocked() {
 // written, that is when nothing is in flight or, from sent, on melody's
 // write goroutine itself.
 func (c *wsClient) pushLocked(b []byte) {
-	if len(c.inflight) == 0 && c.ws.opts.CompressAbove > 0 {
+	if c.inflight.n == 0 && c.ws.opts.CompressAbove > 0 {
 		c.sess.WebsocketConnection().EnableWriteCompression(len(b) >= c.ws.opts.CompressAbove)
 	}
-	c.inflight = append(c.inflight, len(b))
+	c.inflight.push(len(b))
 	c.sess.Write(b)
 }
 
@@ -517,14 +543,9 @@ func (c *wsClient) pushLocked(b []byte) {
 func (c *wsClient) sent() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.inflight) > 0 {
-		c.inflight = c.inflight[1:]
-		if len(c.inflight) == 0 {
-			c.inflight = c.inflight[:0:0] // release the backing array
-		}
-	}
-	if len(c.inflight) > 0 && c.ws.opts.CompressAbove > 0 {
-		c.sess.WebsocketConnection().EnableWriteCompression(c.inflight[0] >= c.ws.opts.CompressAbove)
+	c.inflight.pop()
+	if c.inflight.n > 0 && c.ws.opts.CompressAbove > 0 {
+		c.sess.WebsocketConnection().EnableWriteCompression(c.inflight.first() >= c.ws.opts.CompressAbove)
 	}
 	c.ws.sentCounter.Inc()
 	c.pumpLocked()
@@ -534,7 +555,7 @@ func (c *wsClient) sent() {
 func (c *wsClient) direct(b []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gone || c.aborted || len(c.inflight) >= c.ws.opts.Credit {
+	if c.gone || c.aborted || c.inflight.n >= c.ws.opts.Credit {
 		return // an unauthenticated flood gets no more answers
 	}
 	c.pushLocked(b)
