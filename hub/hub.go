@@ -111,6 +111,11 @@ type Hub struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 
+	// revocations counts Revoke calls: a join that saw it move while it
+	// was under way re-checks its access (the revocation may have scanned
+	// the room before the member was in it).
+	revocations atomic.Uint64
+
 	mu       sync.RWMutex
 	rooms    map[string]*room
 	users    map[string]*userState
@@ -223,6 +228,7 @@ type JoinResult struct {
 // live events: no gap and no duplicate, whatever is published meanwhile.
 func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64, ack json.RawMessage) (JoinResult, error) {
 	u := c.User()
+	revocations := h.revocations.Load()
 	role, err := h.opts.Access.Role(ctx, u, projectID)
 	if err != nil {
 		return JoinResult{}, err
@@ -335,6 +341,11 @@ func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64,
 			return JoinResult{}, ErrClosed
 		}
 		h.metrics.joins.Inc()
+		if h.revocations.Load() != revocations {
+			// Access was granted before a revocation that may have missed
+			// this member (it was not in the room yet): check again.
+			h.recheck(ctx, c, projectID)
+		}
 		return res, nil
 	}
 }
@@ -446,19 +457,31 @@ func (h *Hub) DeliverEphemeral(e Ephemeral) {
 // access (after a token refresh: in embedded mode the token's projects claim
 // is the access list) and tells it with left_project, reason access_revoked.
 func (h *Hub) Recheck(ctx context.Context, c *Conn) {
-	u := c.User()
 	for _, p := range c.Projects() {
-		if _, err := h.opts.Access.Role(ctx, u, p); errors.Is(err, ErrAccessDenied) {
-			if h.Leave(c, p) == nil {
-				c.Send(Reply("left_project", "", map[string]string{"projectId": p, "reason": "access_revoked"}, nil))
-			}
+		h.recheck(ctx, c, p)
+	}
+}
+
+// recheck removes c from the project's room, with left_project reason
+// access_revoked, when its user may no longer access the project.
+func (h *Hub) recheck(ctx context.Context, c *Conn, projectID string) {
+	_, err := h.opts.Access.Role(ctx, c.User(), projectID)
+	switch {
+	case errors.Is(err, ErrAccessDenied):
+		if h.Leave(c, projectID) == nil {
+			c.Send(Reply("left_project", "", map[string]string{"projectId": projectID, "reason": "access_revoked"}, nil))
 		}
+	case err != nil:
+		h.log.Warn("re-checking access failed", "project", projectID, "user", c.User().ID, "err", err)
 	}
 }
 
 // Revoke removes the user's connections from the project's room at once and
 // tells them with left_project, reason access_revoked.
 func (h *Hub) Revoke(projectID, userID string) {
+	// Counted before the room is scanned: a join that adds its member
+	// after the scan sees the count move and checks again.
+	h.revocations.Add(1)
 	r := h.roomOf(projectID)
 	if r == nil {
 		return
