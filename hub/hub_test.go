@@ -392,3 +392,50 @@ func TestLimits(t *testing.T) {
 		t.Fatal("join of a project outside the token's claim succeeded")
 	}
 }
+
+// quietSource holds events that were stored without a doorbell, as after a
+// lost notification: one Wake must then read them all, batch after batch.
+type quietSource struct {
+	*store.Memory
+	mu     sync.Mutex
+	events []hub.Event
+}
+
+func (q *quietSource) Head(context.Context, string) (int64, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return int64(len(q.events)), nil
+}
+
+func (q *quietSource) After(_ context.Context, _ string, after int64, limit int) ([]hub.Event, bool, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	evs := q.events[after:]
+	if len(evs) > limit {
+		evs = evs[:limit]
+	}
+	return append([]hub.Event(nil), evs...), true, nil
+}
+
+func TestOneWakeReadsEveryBatch(t *testing.T) {
+	q := &quietSource{Memory: store.NewMemory(0)}
+	h := hub.New(hub.Options{Source: q, Access: q, Relay: q, FetchBatch: 5})
+	t.Cleanup(h.Close)
+	o := newOutlet()
+	c, err := h.Connect(&hub.User{ID: "u", Projects: []string{"p"}}, "test", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.conn = c
+	if _, err := h.Join(context.Background(), c, "p", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	q.mu.Lock()
+	for i := 1; i <= 23; i++ {
+		q.events = append(q.events, hub.Event{ProjectID: "p", Seq: int64(i), Name: "story_uploaded", Time: time.Now()})
+	}
+	q.mu.Unlock()
+	h.Wake("p") // one doorbell for 23 events: 5 batches
+	fs := o.waitFor(t, "every batch", func(fs []*hub.Frame) bool { return len(seqs(fs)) == 23 })
+	wantSeqs(t, seqs(fs), 1, 23)
+}
