@@ -126,6 +126,23 @@ func (f *fleet) cpu() time.Duration {
 	return d
 }
 
+// waitEvents polls the workers until they received want events in all, or
+// (stopOnClose) a connection was closed, or the bound passed; it returns the
+// last totals either way.
+func (f *fleet) waitEvents(want int64, stopOnClose bool, bound time.Duration) (workerReport, error) {
+	var t workerReport
+	for deadline := time.Now().Add(bound); ; time.Sleep(100 * time.Millisecond) {
+		reps, err := f.all("report")
+		if err != nil {
+			return t, err
+		}
+		t = sum(reps)
+		if t.Events >= want || (stopOnClose && t.Closed > 0) || time.Now().After(deadline) {
+			return t, nil
+		}
+	}
+}
+
 // sum adds up the workers' reports.
 func sum(reps []workerReport) workerReport {
 	var t workerReport

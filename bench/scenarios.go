@@ -108,14 +108,8 @@ func capacity(ctx context.Context, b *bench) error {
 	}
 	total := b.sc.capWS + b.sc.capSSE
 	var t workerReport
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		reps, err := f.all("report")
-		if err != nil {
-			return err
-		}
-		if t = sum(reps); t.Events >= int64(total) {
-			break
-		}
+	if t, err = f.waitEvents(int64(total), false, 30*time.Second); err != nil {
+		return err
 	}
 	rss, _ := s.rss()
 	b.add("capacity", "connections held", float64(t.Opened), "conns", fmt.Sprintf("%d WebSocket + %d SSE, opened in %.1fs", b.sc.capWS, b.sc.capSSE, opened.Seconds()))
@@ -156,14 +150,8 @@ func fanoutScenario(ctx context.Context, b *bench) error {
 	}
 	var t workerReport
 	want := int64(n * b.sc.fanout)
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		reps, err := f.all("report")
-		if err != nil {
-			return err
-		}
-		if t = sum(reps); t.Events >= want {
-			break
-		}
+	if t, err = f.waitEvents(want, false, 30*time.Second); err != nil {
+		return err
 	}
 	wall := time.Since(t0)
 	var last []int64
@@ -225,14 +213,8 @@ func throughputRoom(ctx context.Context, b *bench, members int) error {
 		next += n
 		want := int64(n * members)
 		var t workerReport
-		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-			reps, err := f.all("report")
-			if err != nil {
-				return err
-			}
-			if t = sum(reps); t.Events >= want || t.Closed > 0 {
-				break
-			}
+		if t, err = f.waitEvents(want, true, 10*time.Second); err != nil {
+			return err
 		}
 		wall := time.Since(t0)
 		lossless := t.Events == want && t.Gaps+t.Dups+t.Closed == 0 && percentile(t.Latency, 0.99) < 1000
@@ -384,14 +366,8 @@ func triggers(ctx context.Context, b *bench) error {
 	committed := count.Load()
 	members := int64(b.sc.latConns / rooms)
 	var t workerReport
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		reps, err := f.all("report")
-		if err != nil {
-			return err
-		}
-		if t = sum(reps); t.Events >= committed*members {
-			break
-		}
+	if t, err = f.waitEvents(committed*members, false, 30*time.Second); err != nil {
+		return err
 	}
 	wall := time.Since(t0)
 	b.add("triggers-ingest", "trigger events committed per second", float64(committed)/float64(b.sc.ingestSeconds), "events/s",
@@ -431,14 +407,8 @@ func triggers(ctx context.Context, b *bench) error {
 		return e
 	}
 	want := int64(n) * members
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		reps, err := f.all("report")
-		if err != nil {
-			return err
-		}
-		if t = sum(reps); t.Events >= want {
-			break
-		}
+	if t, err = f.waitEvents(want, false, 30*time.Second); err != nil {
+		return err
 	}
 	wall = time.Since(t0)
 	scen := fmt.Sprintf("triggers-%d/s", b.sc.latRate)
