@@ -47,7 +47,9 @@ func (f *fleet) spawn(ctx context.Context, s *server, transport string, n, offse
 		k := min(maxPerWorker, n-done)
 		spec, _ := json.Marshal(workerSpec{Addr: s.addr, Secret: s.secret, Transport: transport, N: k, Offset: offset + done, Rooms: rooms})
 		cmd := exec.CommandContext(ctx, self, "-worker")
-		cmd.Env = append(os.Environ(), "BENCH_WORKER="+string(spec))
+		// One P per generator: the generators share the two cores with the
+		// server, and idle Ps spinning for work would only take from it.
+		cmd.Env = append(os.Environ(), "BENCH_WORKER="+string(spec), "GOMAXPROCS=1")
 		cmd.Stderr = os.Stderr
 		stdin, _ := cmd.StdinPipe()
 		stdout, _ := cmd.StdoutPipe()

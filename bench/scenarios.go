@@ -206,6 +206,9 @@ func throughputRoom(ctx context.Context, b *bench, members int) error {
 			return err
 		}
 		n := int(rate * float64(b.sc.tputSeconds))
+		if os.Getenv("BENCH_PROFILE_RATE") == fmt.Sprint(rate) {
+			go s.saveProfile(fmt.Sprintf("profile?seconds=%d", b.sc.tputSeconds), fmt.Sprintf("cpu-throughput-%d-%v.pprof", members, rate))
+		}
 		cpu0, gcpu0, t0 := procCPU(s.cmd.Process.Pid), f.cpu(), time.Now()
 		if err := pub.publishAt(ctx, "room-0", next, n, rate, 200); err != nil {
 			return err

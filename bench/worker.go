@@ -52,6 +52,25 @@ type workerReport struct {
 	Goroutine int     `json:"goroutine"` // this process's goroutines
 }
 
+// maxEvents bounds the event indexes ("i") tracked per event.
+const maxEvents = 4096
+
+func loadAll(a []int64) []int64 {
+	out := make([]int64, len(a))
+	for i := range a {
+		out[i] = atomic.LoadInt64(&a[i])
+	}
+	return out
+}
+
+func trimZeros(a []int64) []int64 {
+	n := len(a)
+	for n > 0 && a[n-1] == 0 {
+		n--
+	}
+	return a[:n]
+}
+
 // Latency histogram: 1 µs resolution up to 1 ms, then 5% wide buckets up to
 // about 30 s; cheap enough to update per message.
 const histBuckets = 1000 + 360
@@ -109,7 +128,7 @@ func runWorker() {
 	if spec.Users%spec.Rooms != 0 {
 		spec.Users += spec.Rooms - spec.Users%spec.Rooms
 	}
-	w := &worker{spec: spec, hist: make([]int64, histBuckets), closes: map[int]int{}}
+	w := &worker{spec: spec, hist: make([]int64, histBuckets), perEv: make([]int64, maxEvents), closes: map[int]int{}}
 	s := &server{secret: spec.Secret}
 	w.tokens = make([]string, spec.Users)
 	for u := range w.tokens {
@@ -124,10 +143,12 @@ func runWorker() {
 		case "report":
 			out.Encode(w.report())
 		case "reset":
-			w.mu.Lock()
-			w.hist = make([]int64, histBuckets)
-			w.perEv = nil
-			w.mu.Unlock()
+			for i := range w.hist {
+				atomic.StoreInt64(&w.hist[i], 0)
+			}
+			for i := range w.perEv {
+				atomic.StoreInt64(&w.perEv[i], 0)
+			}
 			w.events.Store(0)
 			out.Encode(w.report())
 		case "close":
@@ -205,7 +226,7 @@ func (w *worker) report() workerReport {
 	return workerReport{
 		Opened: w.opened, Failed: w.failed, FirstErr: w.firstEr,
 		Events: w.events.Load(), Gaps: w.gaps.Load(), Dups: w.dups.Load(), Closed: w.closed.Load(),
-		Closes: strings.Join(codes, ","), Latency: append([]int64(nil), w.hist...), PerEvent: append([]int64(nil), w.perEv...),
+		Closes: strings.Join(codes, ","), Latency: loadAll(w.hist), PerEvent: trimZeros(loadAll(w.perEv)),
 		OpenMs: w.openDur.Milliseconds(), CPUms: selfCPU().Milliseconds(), Goroutine: numGoroutine(),
 	}
 }
@@ -235,17 +256,17 @@ func (w *worker) onEvent(msg []byte, last *int64, now time.Time) {
 		return
 	}
 	us := now.Sub(time.Unix(0, t)).Microseconds()
-	w.mu.Lock()
-	w.hist[bucketOf(us)]++
-	if idx > 0 && idx < 100000 {
-		for int64(len(w.perEv)) <= idx {
-			w.perEv = append(w.perEv, 0)
-		}
-		if us > w.perEv[idx] {
-			w.perEv[idx] = us
+	// Atomics, not the worker's mutex: thousands of reader goroutines
+	// record at once.
+	atomic.AddInt64(&w.hist[bucketOf(us)], 1)
+	if idx > 0 && idx < int64(len(w.perEv)) {
+		for {
+			old := atomic.LoadInt64(&w.perEv[idx])
+			if us <= old || atomic.CompareAndSwapInt64(&w.perEv[idx], old, us) {
+				break
+			}
 		}
 	}
-	w.mu.Unlock()
 }
 
 func (w *worker) onClose(code int) {
@@ -291,6 +312,7 @@ func (w *worker) openWS(token, room string, g int) (io.Closer, error) {
 	c.SetReadDeadline(time.Time{})
 	go func() {
 		var last int64
+		var buf bytes.Buffer // reused: no allocation per message
 		for {
 			_, r, err := c.NextReader()
 			if err != nil {
@@ -299,8 +321,9 @@ func (w *worker) openWS(token, room string, g int) (io.Closer, error) {
 				}
 				return
 			}
-			msg, _ := io.ReadAll(r)
-			w.onEvent(msg, &last, time.Now())
+			buf.Reset()
+			buf.ReadFrom(r)
+			w.onEvent(buf.Bytes(), &last, time.Now())
 		}
 	}()
 	return c, nil

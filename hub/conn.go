@@ -157,6 +157,30 @@ func (c *Conn) enqueue(f *Frame, force bool) bool {
 	return true
 }
 
+// enqueueRun appends a run of events fanned out together, waking the
+// transport once.
+func (c *Conn) enqueueRun(fs []*Frame) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	if len(c.queue)+len(fs) > c.hub.opts.QueueLimit {
+		c.closed = true
+		c.queue = nil
+		c.mu.Unlock()
+		c.hub.metrics.slowClosed.Inc()
+		c.out.Abort(CloseTooSlow, "too slow")
+		return
+	}
+	wasEmpty := len(c.queue) == 0
+	c.queue = append(c.queue, fs...)
+	c.mu.Unlock()
+	if wasEmpty {
+		c.out.Wake()
+	}
+}
+
 // Close codes the hub itself decides (PROTOCOL section 3).
 const (
 	CloseGoingAway       = 1001

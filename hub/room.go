@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,8 +26,10 @@ type room struct {
 	start int // index of the oldest frame
 	n     int
 
-	pumping bool // a pump goroutine is reading from the store
-	dirty   bool // the doorbell rang while it was reading
+	// bell is the doorbell's state, changed without the room lock so that
+	// a publisher never waits for a fan-out: bellIdle, bellPumping (a pump
+	// goroutine runs) or bellRung (it rang again while the pump ran).
+	bell atomic.Int32
 }
 
 // member is one connection's membership of a room. last and idx belong to
@@ -159,92 +162,134 @@ func (h *Hub) removeMember(m *member) {
 	}
 }
 
+const (
+	bellIdle int32 = iota
+	bellPumping
+	bellRung
+)
+
+// wakeRoom rings the room's doorbell. It never blocks: it starts a pump, or
+// tells the running one to read once more.
 func (h *Hub) wakeRoom(r *room) {
-	r.mu.Lock()
-	if r.dead || !r.ready {
-		r.mu.Unlock()
-		return
+	for {
+		switch r.bell.Load() {
+		case bellIdle:
+			if r.bell.CompareAndSwap(bellIdle, bellPumping) {
+				go h.pump(r)
+				return
+			}
+		case bellPumping:
+			if r.bell.CompareAndSwap(bellPumping, bellRung) {
+				return
+			}
+		default:
+			return // rung already
+		}
 	}
-	if r.pumping {
-		r.dirty = true
-		r.mu.Unlock()
-		return
-	}
-	r.pumping = true
-	r.mu.Unlock()
-	go h.pump(r)
 }
 
 // pump reads the room's new events from the store and fans them out, until
-// no doorbell rang during the last read. One pump per room at a time keeps
-// each project's events in seq order.
+// the doorbell stayed silent during a read. One pump per room at a time keeps
+// each project's events in seq order. The room lock is held for one event's
+// fan-out at a time, so joins and other work interleave with a long backlog.
 func (h *Hub) pump(r *room) {
 	for {
+		r.bell.Store(bellPumping) // this read covers every ring so far
 		r.mu.Lock()
-		after := r.seq
-		r.dirty = false
+		after, live := r.seq, r.ready && !r.dead
 		r.mu.Unlock()
+		if !live {
+			// A new room reads its position from the store when it is
+			// opened; a dead one is gone.
+			if r.bell.CompareAndSwap(bellPumping, bellIdle) {
+				return
+			}
+			continue
+		}
 
 		ctx, cancel := context.WithTimeout(h.ctx, 10*time.Second)
 		evs, complete, err := h.opts.Source.After(ctx, r.id, after, h.opts.FetchBatch)
 		cancel()
 		if err != nil {
-			r.mu.Lock()
-			r.pumping = false
-			r.mu.Unlock()
+			r.bell.Store(bellIdle)
 			if h.ctx.Err() == nil {
 				h.log.Warn("reading events failed; retrying", "project", r.id, "err", err)
 				time.AfterFunc(time.Second, func() { h.wakeRoom(r) })
 			}
 			return
 		}
-		frames := make([]*Frame, 0, len(evs))
-		for _, e := range evs {
-			frames = append(frames, EventFrame(e))
-		}
-
-		r.mu.Lock()
-		if !complete && r.seq == after {
-			// The room's own position was pruned from the store: its members
-			// cannot be given what they missed. Close them with 4001; they
-			// resume and learn recovered:false.
-			h.log.Warn("room fell behind the store's retention", "project", r.id, "seq", after)
-			for _, m := range r.members {
-				m.conn.out.Abort(CloseTooSlow, "history lost")
-			}
-			r.ready = false
-		}
-		for _, f := range frames {
-			if f.Seq != r.seq+1 {
-				if f.Seq > r.seq+1 {
-					r.dirty = true // a hole: read again from r.seq
-					break
+		more := len(evs) == h.opts.FetchBatch
+		if !complete {
+			r.mu.Lock()
+			if r.seq == after {
+				// The room's own position was pruned from the store: its
+				// members cannot be given what they missed. Close them with
+				// 4001; they resume and learn recovered:false.
+				h.log.Warn("room fell behind the store's retention", "project", r.id, "seq", after)
+				for _, m := range r.members {
+					m.conn.out.Abort(CloseTooSlow, "history lost")
 				}
-				continue
+				r.ready = false
 			}
-			r.fanout(f)
-		}
-		if len(evs) == h.opts.FetchBatch {
-			r.dirty = true
-		}
-		if !r.dirty || r.dead || !r.ready {
-			r.pumping = false
 			r.mu.Unlock()
+		}
+		frames := make([]*Frame, len(evs))
+		for i, e := range evs {
+			frames[i] = EventFrame(e) // encoded once, outside the lock
+		}
+		// Runs of up to fanoutRun events per lock: a backlog reaches each
+		// member as one batch (one wake, and one write when its transport
+		// coalesces), while joins still interleave between runs.
+		for len(frames) > 0 {
+			n := min(len(frames), fanoutRun)
+			r.mu.Lock()
+			run := frames[:n]
+			for len(run) > 0 && run[0].Seq <= r.seq {
+				run = run[1:] // already fanned out (the room moved meanwhile)
+			}
+			k := 0
+			for k < len(run) && run[k].Seq == r.seq+1+int64(k) {
+				k++
+			}
+			if k < len(run) {
+				more = true // a hole: read again from r.seq
+			}
+			if k > 0 {
+				r.fanout(run[:k])
+			}
+			r.mu.Unlock()
+			if k < len(run) {
+				break
+			}
+			frames = frames[n:]
+		}
+		if more {
+			continue
+		}
+		if r.bell.CompareAndSwap(bellPumping, bellIdle) {
 			return
 		}
-		r.mu.Unlock()
 	}
 }
 
-// fanout hands one event's frame, encoded once, to every member that has not
-// had it yet.
-func (r *room) fanout(f *Frame) {
-	r.seq = f.Seq
-	r.remember(f)
+// fanoutRun bounds the events fanned out under one hold of the room lock.
+const fanoutRun = 64
+
+// fanout hands consecutive events (fs[0].Seq == r.seq+1), each encoded once,
+// to every member that has not had them, as one batch per member.
+func (r *room) fanout(fs []*Frame) {
+	for _, f := range fs {
+		r.remember(f)
+	}
+	r.seq = fs[len(fs)-1].Seq
 	for _, m := range r.members {
-		if f.Seq > m.last {
-			m.last = f.Seq
-			m.conn.enqueue(f, false)
+		i := 0
+		for i < len(fs) && fs[i].Seq <= m.last {
+			i++
+		}
+		if i < len(fs) {
+			m.last = r.seq
+			m.conn.enqueueRun(fs[i:])
 		}
 	}
 }

@@ -168,7 +168,8 @@ func (ws *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// otherwise pin for the connection's whole life.
 	c.upgraded = make(chan struct{})
 	go func() {
-		err := ws.m.HandleRequestWithKeys(w, r, map[string]any{clientKey: c})
+		cw := &coalescingWriter{ResponseWriter: w, more: c.moreQueued}
+		err := ws.m.HandleRequestWithKeys(cw, r, map[string]any{clientKey: c})
 		if err != nil {
 			// gorilla already answered the failed upgrade.
 			metrics.WithLabelValues(wsTransportName, "upgrade_failed").Inc()
@@ -537,6 +538,14 @@ func (c *wsClient) pushLocked(b []byte) {
 	}
 	c.inflight.push(len(b))
 	c.sess.Write(b)
+}
+
+// moreQueued reports whether another message waits in melody's buffer
+// behind the one being written (the write coalescing's signal).
+func (c *wsClient) moreQueued() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.inflight.n > 1
 }
 
 // sent runs on melody's write goroutine after each text message.
