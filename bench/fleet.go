@@ -38,18 +38,30 @@ const maxPerWorker = 9000
 // rooms, numbered from offset; it returns once every worker has opened its
 // connections, with their first reports.
 func (f *fleet) spawn(ctx context.Context, s *server, transport string, n, offset, rooms int) ([]workerReport, error) {
+	return f.spawnSpec(ctx, workerSpec{Addr: s.addr, Secret: s.secret, Transport: transport, N: n, Offset: offset, Rooms: rooms})
+}
+
+// spawnSpec starts workers for base.N connections from base.Offset.
+func (f *fleet) spawnSpec(ctx context.Context, base workerSpec) ([]workerReport, error) {
+	n, offset := base.N, base.Offset
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	var started []*proc
+	per := maxPerWorker
+	if v := os.Getenv("BENCH_PER_WORKER"); v != "" { // for experiments
+		fmt.Sscanf(v, "%d", &per)
+	}
 	for done := 0; done < n; {
-		k := min(maxPerWorker, n-done)
-		spec, _ := json.Marshal(workerSpec{Addr: s.addr, Secret: s.secret, Transport: transport, N: k, Offset: offset + done, Rooms: rooms})
+		k := min(per, n-done)
+		ws := base
+		ws.N, ws.Offset = k, offset+done
+		spec, _ := json.Marshal(ws)
 		cmd := exec.CommandContext(ctx, self, "-worker")
 		// One P per generator: the generators share the two cores with the
 		// server, and idle Ps spinning for work would only take from it.
-		cmd.Env = append(os.Environ(), "BENCH_WORKER="+string(spec), "GOMAXPROCS=1")
+		cmd.Env = append(os.Environ(), "BENCH_WORKER="+string(spec), "GOMAXPROCS="+envOr("BENCH_WORKER_PROCS", "1"))
 		cmd.Stderr = os.Stderr
 		stdin, _ := cmd.StdinPipe()
 		stdout, _ := cmd.StdoutPipe()
@@ -149,6 +161,7 @@ func (f *fleet) waitEvents(want int64, stopOnClose bool, bound time.Duration) (w
 func sum(reps []workerReport) workerReport {
 	var t workerReport
 	t.Latency = make([]int64, histBuckets)
+	t.Commit = make([]int64, histBuckets)
 	var closes []string
 	for _, r := range reps {
 		t.Opened += r.Opened
@@ -163,6 +176,9 @@ func sum(reps []workerReport) workerReport {
 		}
 		for i, c := range r.Latency {
 			t.Latency[i] += c
+		}
+		for i, c := range r.Commit {
+			t.Commit[i] += c
 		}
 		for len(t.PerEvent) < len(r.PerEvent) {
 			t.PerEvent = append(t.PerEvent, 0)

@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -57,6 +58,9 @@ func main() {
 		rep: &report{Commit: gitCommit(), Cores: runtime.NumCPU(), Go: runtime.Version(), Started: time.Now().UTC(), Smoke: *smoke}}
 	if *smoke {
 		b.sc = smokeScale
+	}
+	if v := os.Getenv("BENCH_LAT_CONNS"); v != "" { // for experiments
+		fmt.Sscanf(v, "%d", &b.sc.latConns)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
@@ -205,6 +209,50 @@ func (s *server) saveProfile(kind, name string) {
 	}
 	defer f.Close()
 	io.Copy(f, resp.Body)
+}
+
+// histQuantile reads a Prometheus histogram of the server and returns the
+// upper bound (seconds) of the bucket holding quantile q.
+func (s *server) histQuantile(name string, q float64) float64 {
+	resp, err := http.Get("http://" + s.addr + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	type bucket struct {
+		le    float64
+		count float64
+	}
+	var bs []bucket
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<16), 1<<20)
+	prefix := name + `_bucket{le="`
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		var b bucket
+		rest := line[len(prefix):]
+		le := rest[:strings.IndexByte(rest, '"')]
+		if le == "+Inf" {
+			b.le = math.Inf(1)
+		} else {
+			fmt.Sscanf(le, "%g", &b.le)
+		}
+		fmt.Sscanf(rest[strings.LastIndexByte(rest, ' ')+1:], "%g", &b.count)
+		bs = append(bs, b)
+	}
+	if len(bs) == 0 || bs[len(bs)-1].count == 0 {
+		return -1
+	}
+	want := q * bs[len(bs)-1].count
+	for _, b := range bs {
+		if b.count >= want {
+			return b.le
+		}
+	}
+	return math.Inf(1)
 }
 
 // rss reads the server's resident set size in bytes.

@@ -30,9 +30,10 @@ type workerSpec struct {
 	Secret    string `json:"secret"`
 	Transport string `json:"transport"` // websocket | sse
 	N         int    `json:"n"`
-	Offset    int    `json:"offset"` // global index of the first connection
-	Rooms     int    `json:"rooms"`  // connection i joins room (offset+i) % rooms
-	Users     int    `json:"users"`  // distinct users (default 1000)
+	Offset    int    `json:"offset"`  // global index of the first connection
+	Rooms     int    `json:"rooms"`   // connection i joins room (offset+i) % rooms
+	Users     int    `json:"users"`   // distinct users (default 1000)
+	Samples   bool   `json:"samples"` // keep (event index, arrival) of every event
 }
 
 // workerReport is what a worker tells the coordinator.
@@ -48,6 +49,7 @@ type workerReport struct {
 	Latency   []int64 `json:"latency"`   // histogram counts, see bucketOf
 	PerEvent  []int64 `json:"perEvent"`  // max latency (µs) per event index, for fan-out
 	OpenMs    int64   `json:"openMs"`    // time to open all connections
+	Commit    []int64 `json:"commit"`    // histogram from each event's commit, after "commits"
 	CPUms     int64   `json:"cpuMs"`     // this process's CPU time
 	Goroutine int     `json:"goroutine"` // this process's goroutines
 }
@@ -112,6 +114,16 @@ type worker struct {
 	failed  int
 	firstEr string
 	openDur time.Duration
+
+	sampleMu sync.Mutex
+	samples  []sample
+	commit   []int64 // histogram against commit times
+}
+
+// sample is one event's arrival at one connection.
+type sample struct {
+	i    int32
+	recv int64 // ns
 }
 
 func runWorker() {
@@ -161,6 +173,11 @@ func runWorker() {
 			out.Encode(w.report())
 		case "quit":
 			return
+		default:
+			if path, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "commits "); ok {
+				w.commitLatency(path)
+				out.Encode(w.report())
+			}
 		}
 	}
 }
@@ -227,7 +244,7 @@ func (w *worker) report() workerReport {
 		Opened: w.opened, Failed: w.failed, FirstErr: w.firstEr,
 		Events: w.events.Load(), Gaps: w.gaps.Load(), Dups: w.dups.Load(), Closed: w.closed.Load(),
 		Closes: strings.Join(codes, ","), Latency: loadAll(w.hist), PerEvent: trimZeros(loadAll(w.perEv)),
-		OpenMs: w.openDur.Milliseconds(), CPUms: selfCPU().Milliseconds(), Goroutine: numGoroutine(),
+		Commit: w.commit, OpenMs: w.openDur.Milliseconds(), CPUms: selfCPU().Milliseconds(), Goroutine: numGoroutine(),
 	}
 }
 
@@ -255,6 +272,11 @@ func (w *worker) onEvent(msg []byte, last *int64, now time.Time) {
 	if t <= 0 {
 		return
 	}
+	if w.spec.Samples && idx > 0 {
+		w.sampleMu.Lock()
+		w.samples = append(w.samples, sample{int32(idx), now.UnixNano()})
+		w.sampleMu.Unlock()
+	}
 	us := now.Sub(time.Unix(0, t)).Microseconds()
 	// Atomics, not the worker's mutex: thousands of reader goroutines
 	// record at once.
@@ -267,6 +289,26 @@ func (w *worker) onEvent(msg []byte, last *int64, now time.Time) {
 			}
 		}
 	}
+}
+
+// commitLatency reads the commit time (ns) of every event index from path
+// (a JSON array) and builds the histogram of arrival minus commit.
+func (w *worker) commitLatency(path string) {
+	var commits []int64
+	if b, err := os.ReadFile(path); err == nil {
+		json.Unmarshal(b, &commits)
+	}
+	hist := make([]int64, histBuckets)
+	w.sampleMu.Lock()
+	for _, s := range w.samples {
+		if int(s.i) < len(commits) && commits[s.i] > 0 {
+			hist[bucketOf((s.recv-commits[s.i])/1000)]++
+		}
+	}
+	w.sampleMu.Unlock()
+	w.mu.Lock()
+	w.commit = hist
+	w.mu.Unlock()
 }
 
 func (w *worker) onClose(code int) {

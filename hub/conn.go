@@ -142,7 +142,7 @@ func (c *Conn) enqueue(f *Frame, force bool) bool {
 	}
 	if !force && len(c.queue) >= c.hub.opts.QueueLimit {
 		c.closed = true
-		c.queue = nil
+		c.discardLocked(1)
 		c.mu.Unlock()
 		c.hub.metrics.slowClosed.Inc()
 		c.out.Abort(CloseTooSlow, "too slow")
@@ -157,6 +157,15 @@ func (c *Conn) enqueue(f *Frame, force bool) bool {
 	return true
 }
 
+// discardLocked empties the queue of a closing connection, counting what
+// it held and the extra frames that will not be queued either.
+func (c *Conn) discardLocked(extra int) {
+	if n := len(c.queue) + extra; n > 0 {
+		c.hub.metrics.Dropped.WithLabelValues(c.Transport).Add(float64(n))
+	}
+	c.queue = nil
+}
+
 // enqueueRun appends a run of events fanned out together, waking the
 // transport once.
 func (c *Conn) enqueueRun(fs []*Frame) {
@@ -167,7 +176,7 @@ func (c *Conn) enqueueRun(fs []*Frame) {
 	}
 	if len(c.queue)+len(fs) > c.hub.opts.QueueLimit {
 		c.closed = true
-		c.queue = nil
+		c.discardLocked(len(fs))
 		c.mu.Unlock()
 		c.hub.metrics.slowClosed.Inc()
 		c.out.Abort(CloseTooSlow, "too slow")

@@ -23,6 +23,8 @@ type Frame struct {
 	Seq       int64  // > 0 on domain events only
 	JSON      []byte // the whole message, as a WebSocket text frame carries it
 
+	created time.Time // the event's creation (domain events), for metrics
+
 	// CloseCode > 0 marks a control frame: close the connection with this
 	// code once every frame before it is written. JSON is then empty.
 	CloseCode   int
@@ -48,7 +50,7 @@ func EventFrame(e Event) *Frame {
 	b = append(b, `,"data":`...)
 	b = append(b, data...)
 	b = append(b, '}')
-	return &Frame{Name: e.Name, ProjectID: e.ProjectID, Seq: e.Seq, JSON: b}
+	return &Frame{Name: e.Name, ProjectID: e.ProjectID, Seq: e.Seq, JSON: b, created: e.Time}
 }
 
 // Reply encodes a message that is not a domain event: {"event","data","ack"?}

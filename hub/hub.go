@@ -171,7 +171,7 @@ func (h *Hub) Connect(u *User, transport string, out Outlet) (*Conn, error) {
 func (h *Hub) Disconnect(c *Conn) {
 	c.mu.Lock()
 	c.closed = true
-	c.queue = nil
+	c.discardLocked(0)
 	rooms := c.rooms
 	c.rooms = nil
 	c.mu.Unlock()

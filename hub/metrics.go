@@ -13,15 +13,17 @@ type Metrics struct {
 	rateLimited  prometheus.Counter
 	slowClosed   prometheus.Counter
 	storeReplays prometheus.Counter
+	// fanoutLatency observes, per event, its creation (the trigger or the
+	// publish, just before commit) to its fan-out to the room's queues.
+	fanoutLatency prometheus.Histogram
 
 	// MessagesIn counts client frames by transport and event.
 	MessagesIn *prometheus.CounterVec
 	// MessagesOut counts frames written to clients by transport.
 	MessagesOut *prometheus.CounterVec
-	// Dropped counts frames that could not be written (connection gone).
+	// Dropped counts frames that were queued for a connection that closed
+	// (slow, gone): its client resumes from its last seq.
 	Dropped *prometheus.CounterVec
-	// DeliveryLatency observes commit (or publish) to socket write, seconds.
-	DeliveryLatency prometheus.Histogram
 	// Handshakes counts upgrade and stream attempts by transport and outcome.
 	Handshakes *prometheus.CounterVec
 }
@@ -37,17 +39,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		storeReplays: prometheus.NewCounter(prometheus.CounterOpts{Name: "sagapush_store_replays_total", Help: "Joins whose replay was read from the store."}),
 		MessagesIn:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagapush_messages_in_total", Help: "Client frames received."}, []string{"transport", "event"}),
 		MessagesOut:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagapush_messages_out_total", Help: "Messages written to clients."}, []string{"transport"}),
-		Dropped:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagapush_messages_dropped_total", Help: "Messages not written because the connection was closing."}, []string{"transport"}),
-		DeliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "sagapush_delivery_latency_seconds",
-			Help:    "Time from an event's commit to its write on a client socket.",
+		Dropped:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagapush_messages_dropped_total", Help: "Messages queued for a connection that closed before they were written (its client resumes from its last seq)."}, []string{"transport"}),
+		fanoutLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sagapush_fanout_latency_seconds",
+			Help:    "Time from an event's creation (trigger or publish, before its commit) to its fan-out into the room's connection queues.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}),
 		Handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagapush_handshakes_total", Help: "Connection attempts by outcome."}, []string{"transport", "outcome"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.joins, m.rateLimited, m.slowClosed, m.storeReplays,
-			m.MessagesIn, m.MessagesOut, m.Dropped, m.DeliveryLatency, m.Handshakes)
+			m.MessagesIn, m.MessagesOut, m.Dropped, m.fanoutLatency, m.Handshakes)
 	}
 	return m
 }

@@ -258,6 +258,10 @@ func (h *Hub) pump(r *room) {
 				r.fanout(run[:k])
 			}
 			r.mu.Unlock()
+			now := time.Now()
+			for _, f := range run[:k] {
+				h.metrics.fanoutLatency.Observe(now.Sub(f.created).Seconds())
+			}
 			if k < len(run) {
 				break
 			}
