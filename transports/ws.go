@@ -54,6 +54,7 @@ type WebSocket struct {
 	log  *slog.Logger
 
 	sentCounter prometheus.Counter
+	deadlines   deadlines
 
 	mu      sync.Mutex
 	clients map[*wsClient]struct{}
@@ -254,11 +255,7 @@ func (ws *WebSocket) onConnect(s *melody.Session) {
 	}
 	c.mu.Lock()
 	if c.conn == nil {
-		c.timer = time.AfterFunc(ws.opts.AuthTimeout, func() {
-			if c.hubConn() == nil {
-				c.closeWith(closeNoAuth, "no auth frame in time")
-			}
-		})
+		ws.deadlines.add(c, time.Now().Add(ws.opts.AuthTimeout))
 	} else {
 		c.armExpiryLocked()
 	}
@@ -273,9 +270,6 @@ func (ws *WebSocket) onDisconnect(s *melody.Session) {
 	c.gone = true
 	if c.inboxCond != nil {
 		c.inboxCond.Broadcast()
-	}
-	if c.timer != nil {
-		c.timer.Stop()
 	}
 	conn := c.conn
 	c.mu.Unlock()
@@ -476,8 +470,7 @@ type wsClient struct {
 	sess     *melody.Session
 	conn     *hub.Conn // nil until authenticated
 	expires  time.Time
-	timer    *time.Timer // auth deadline, then token expiry
-	inflight sizeRing    // sizes of frames handed to melody, oldest first
+	inflight sizeRing // sizes of frames handed to melody, oldest first
 	gone     bool
 
 	refusedRun int // rate-limited frames in a row
@@ -682,26 +675,26 @@ func (c *wsClient) handleAuth(f ClientFrame) {
 	}
 }
 
-// armExpiryLocked replaces the auth deadline or the previous token's expiry
-// timer with one for the current token.
+// armExpiryLocked schedules the current token's expiry; the auth deadline
+// or a previous token's expiry left in the schedule is then stale.
 func (c *wsClient) armExpiryLocked() {
-	if c.timer != nil {
-		c.timer.Stop()
-		c.timer = nil
+	if !c.expires.IsZero() {
+		c.ws.deadlines.add(c, c.expires)
 	}
-	if c.expires.IsZero() {
-		return
-	}
-	exp := c.expires
-	c.timer = time.AfterFunc(time.Until(exp), func() {
-		c.mu.Lock()
-		stale := !c.expires.Equal(exp)
-		conn := c.conn
-		c.mu.Unlock()
-		if stale || conn == nil {
-			return
-		}
+}
+
+// due runs when a deadline scheduled for c comes: the auth frame's, or the
+// token's expiry. A deadline that no longer applies does nothing.
+func (c *wsClient) due(at time.Time) {
+	c.mu.Lock()
+	conn, exp, gone := c.conn, c.expires, c.gone
+	c.mu.Unlock()
+	switch {
+	case gone:
+	case conn == nil:
+		c.closeWith(closeNoAuth, "no auth frame in time")
+	case !exp.IsZero() && exp.Equal(at):
 		conn.Send(hub.ErrorFrame(hub.ErrorData{Code: "TOKEN_EXPIRED", Message: "token expired"}, nil))
 		conn.CloseAfterFlush(closeUnauthed, "token expired")
-	})
+	}
 }
