@@ -56,8 +56,9 @@ type WebSocket struct {
 	sentCounter prometheus.Counter
 	deadlines   deadlines
 
+	sessions *sessions
+
 	mu      sync.Mutex
-	clients map[*wsClient]struct{}
 	closing bool
 }
 
@@ -106,7 +107,7 @@ func NewWebSocket(h *hub.Hub, a *Authenticator, opts WSOptions) *WebSocket {
 		CheckOrigin:      func(*http.Request) bool { return true },
 		HandshakeTimeout: 10 * time.Second,
 	}
-	ws := &WebSocket{hub: h, auth: a, opts: opts, m: m, log: opts.Logger, clients: make(map[*wsClient]struct{}),
+	ws := &WebSocket{hub: h, auth: a, opts: opts, m: m, log: opts.Logger, sessions: newSessions(),
 		sentCounter: h.Metrics().MessagesOut.WithLabelValues(wsTransportName)}
 	m.HandleConnect(ws.onConnect)
 	m.HandleDisconnect(ws.onDisconnect)
@@ -116,14 +117,14 @@ func NewWebSocket(h *hub.Hub, a *Authenticator, opts WSOptions) *WebSocket {
 	// order with the answers to the frames before it.
 	m.HandleMessageBinary(func(s *melody.Session, _ []byte) { ws.onMessage(s, nil) })
 	m.HandleSentMessage(func(s *melody.Session, _ []byte) {
-		if c := clientOf(s); c != nil {
+		if c := ws.sessions.get(s); c != nil {
 			c.sent()
 		}
 	})
 	m.HandleError(func(s *melody.Session, err error) {
 		if errors.Is(err, melody.ErrMessageBufferFull) {
 			// Cannot happen while credit is respected; never drop silently.
-			if c := clientOf(s); c != nil {
+			if c := ws.sessions.get(s); c != nil {
 				c.Abort(hub.CloseTooSlow, "too slow")
 			}
 		}
@@ -170,7 +171,7 @@ func (ws *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.upgraded = make(chan struct{})
 	go func() {
 		cw := &coalescingWriter{ResponseWriter: w, more: c.moreQueued}
-		err := ws.m.HandleRequestWithKeys(cw, r, map[string]any{clientKey: c})
+		err := ws.m.HandleRequest(cw, r.WithContext(context.WithValue(r.Context(), clientCtxKey{}, c)))
 		if err != nil {
 			// gorilla already answered the failed upgrade.
 			metrics.WithLabelValues(wsTransportName, "upgrade_failed").Inc()
@@ -190,11 +191,8 @@ func (ws *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (ws *WebSocket) Shutdown(reconnectAfter time.Duration) {
 	ws.mu.Lock()
 	ws.closing = true
-	var pending []*wsClient
-	for c := range ws.clients {
-		pending = append(pending, c)
-	}
 	ws.mu.Unlock()
+	pending := ws.sessions.all()
 	f := hub.Reply("server_shutdown", "", map[string]any{"message": "server shutting down", "reconnectAfterMs": reconnectAfter.Milliseconds()}, nil)
 	for _, c := range pending {
 		if c.hubConn() == nil {
@@ -207,41 +205,27 @@ func (ws *WebSocket) Shutdown(reconnectAfter time.Duration) {
 // CloseAll closes every remaining socket at once: http.Server.Shutdown does
 // not track hijacked connections.
 func (ws *WebSocket) CloseAll() {
-	ws.mu.Lock()
-	var all []*wsClient
-	for c := range ws.clients {
-		all = append(all, c)
-	}
-	ws.mu.Unlock()
-	for _, c := range all {
+	for _, c := range ws.sessions.all() {
 		c.Abort(hub.CloseGoingAway, "server shutting down")
 	}
 }
 
 // Len counts open WebSocket sessions, authenticated or not.
-func (ws *WebSocket) Len() int {
-	ws.mu.Lock()
-	defer ws.mu.Unlock()
-	return len(ws.clients)
-}
+func (ws *WebSocket) Len() int { return ws.sessions.len() }
 
-const clientKey = "c"
-
-func clientOf(s *melody.Session) *wsClient {
-	v, _ := s.Get(clientKey)
-	c, _ := v.(*wsClient)
-	return c
-}
+// clientCtxKey carries the client from ServeHTTP to onConnect, through the
+// request melody hands over.
+type clientCtxKey struct{}
 
 func (ws *WebSocket) onConnect(s *melody.Session) {
-	c := clientOf(s)
+	c := s.Request.Context().Value(clientCtxKey{}).(*wsClient)
 	s.Request = nil // melody keeps it for the session's life; nothing here needs it
 	c.mu.Lock()
 	c.sess = s
 	c.mu.Unlock()
+	ws.sessions.put(s, c)
 	close(c.upgraded)
 	ws.mu.Lock()
-	ws.clients[c] = struct{}{}
 	closing := ws.closing
 	ws.mu.Unlock()
 	ws.hub.Metrics().Handshakes.WithLabelValues(wsTransportName, "ok").Inc()
@@ -265,7 +249,7 @@ func (ws *WebSocket) onConnect(s *melody.Session) {
 }
 
 func (ws *WebSocket) onDisconnect(s *melody.Session) {
-	c := clientOf(s)
+	c := ws.sessions.get(s)
 	c.mu.Lock()
 	c.gone = true
 	if c.inboxCond != nil {
@@ -273,9 +257,7 @@ func (ws *WebSocket) onDisconnect(s *melody.Session) {
 	}
 	conn := c.conn
 	c.mu.Unlock()
-	ws.mu.Lock()
-	delete(ws.clients, c)
-	ws.mu.Unlock()
+	ws.sessions.remove(s)
 	if conn != nil {
 		ws.hub.Disconnect(conn)
 	}
@@ -316,7 +298,7 @@ const maxInbox = 32
 // goroutine, started on demand, handles the frames in order and exits when
 // none is left.
 func (ws *WebSocket) onMessage(s *melody.Session, msg []byte) {
-	c := clientOf(s)
+	c := ws.sessions.get(s)
 	c.touch()
 	c.mu.Lock()
 	for len(c.inbox) >= maxInbox && !c.gone {

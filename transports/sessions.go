@@ -1,0 +1,78 @@
+package transports
+
+import (
+	"hash/maphash"
+	"sync"
+
+	"github.com/olahol/melody"
+)
+
+// sessions finds the client of a melody session. melody would carry it in a
+// per-session Keys map, about 300 bytes for one entry on every idle
+// connection; a sharded index costs an entry. Sharded because melody calls
+// back, per message, from every connection's goroutines.
+type sessions struct {
+	seed   maphash.Seed
+	shards [64]struct {
+		mu sync.RWMutex
+		m  map[*melody.Session]*wsClient
+	}
+}
+
+func newSessions() *sessions {
+	x := &sessions{seed: maphash.MakeSeed()}
+	for i := range x.shards {
+		x.shards[i].m = make(map[*melody.Session]*wsClient)
+	}
+	return x
+}
+
+func (x *sessions) shard(s *melody.Session) int {
+	return int(maphash.Comparable(x.seed, s) % uint64(len(x.shards)))
+}
+
+func (x *sessions) get(s *melody.Session) *wsClient {
+	sh := &x.shards[x.shard(s)]
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	return sh.m[s]
+}
+
+func (x *sessions) put(s *melody.Session, c *wsClient) {
+	sh := &x.shards[x.shard(s)]
+	sh.mu.Lock()
+	sh.m[s] = c
+	sh.mu.Unlock()
+}
+
+func (x *sessions) remove(s *melody.Session) {
+	sh := &x.shards[x.shard(s)]
+	sh.mu.Lock()
+	delete(sh.m, s)
+	sh.mu.Unlock()
+}
+
+// all lists every client.
+func (x *sessions) all() []*wsClient {
+	var out []*wsClient
+	for i := range x.shards {
+		sh := &x.shards[i]
+		sh.mu.RLock()
+		for _, c := range sh.m {
+			out = append(out, c)
+		}
+		sh.mu.RUnlock()
+	}
+	return out
+}
+
+func (x *sessions) len() int {
+	n := 0
+	for i := range x.shards {
+		sh := &x.shards[i]
+		sh.mu.RLock()
+		n += len(sh.m)
+		sh.mu.RUnlock()
+	}
+	return n
+}
