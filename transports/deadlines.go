@@ -7,10 +7,11 @@ import (
 )
 
 // deadlines runs the WebSocket connections' timed checks (the auth frame's
-// deadline, token expiry) from one heap and one timer: a timer and a
-// closure per connection would cost more than the rest of an idle
-// connection's bookkeeping. A connection whose deadline moved (token
-// refreshed) or that is gone leaves a stale entry, which is skipped.
+// deadline, then the token's expiry) from one heap and one timer: a timer and
+// a closure per connection would cost more than the rest of an idle
+// connection's bookkeeping. A client has at most one entry: setting a new
+// deadline moves it, and a client that goes is removed at once (an entry
+// left behind would keep the whole connection alive until it fired).
 type deadlines struct {
 	mu    sync.Mutex
 	h     deadlineHeap
@@ -18,32 +19,49 @@ type deadlines struct {
 	next  time.Time // when the timer fires; zero when stopped
 }
 
-type deadline struct {
-	at time.Time
-	c  *wsClient
-}
-
-type deadlineHeap []deadline
+type deadlineHeap []*wsClient // ordered by deadlineAt; each knows its index
 
 func (h deadlineHeap) Len() int           { return len(h) }
-func (h deadlineHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h deadlineHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *deadlineHeap) Push(x any)        { *h = append(*h, x.(deadline)) }
+func (h deadlineHeap) Less(i, j int) bool { return h[i].deadlineAt.Before(h[j].deadlineAt) }
+func (h deadlineHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].deadlineIdx, h[j].deadlineIdx = i, j
+}
+func (h *deadlineHeap) Push(x any) {
+	c := x.(*wsClient)
+	c.deadlineIdx = len(*h)
+	*h = append(*h, c)
+}
 func (h *deadlineHeap) Pop() any {
 	old := *h
-	d := old[len(old)-1]
-	old[len(old)-1] = deadline{}
+	c := old[len(old)-1]
+	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
-	return d
+	c.deadlineIdx = -1
+	return c
 }
 
-// add schedules c.due(at) at time at.
-func (d *deadlines) add(c *wsClient, at time.Time) {
+// set schedules c.due(at), replacing c's earlier deadline.
+func (d *deadlines) set(c *wsClient, at time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	heap.Push(&d.h, deadline{at, c})
+	c.deadlineAt = at
+	if c.deadlineIdx >= 0 {
+		heap.Fix(&d.h, c.deadlineIdx)
+	} else {
+		heap.Push(&d.h, c)
+	}
 	if d.next.IsZero() || at.Before(d.next) {
 		d.armLocked(at)
+	}
+}
+
+// remove forgets c's deadline, if any.
+func (d *deadlines) remove(c *wsClient) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if c.deadlineIdx >= 0 {
+		heap.Remove(&d.h, c.deadlineIdx)
 	}
 }
 
@@ -56,17 +74,29 @@ func (d *deadlines) armLocked(at time.Time) {
 	}
 }
 
+// len counts scheduled deadlines.
+func (d *deadlines) len() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.h)
+}
+
 // fire runs every deadline that has come, outside the lock.
 func (d *deadlines) fire() {
 	now := time.Now()
-	var due []deadline
+	type dueAt struct {
+		c  *wsClient
+		at time.Time
+	}
+	var due []dueAt
 	d.mu.Lock()
-	for len(d.h) > 0 && !d.h[0].at.After(now) {
-		due = append(due, heap.Pop(&d.h).(deadline))
+	for len(d.h) > 0 && !d.h[0].deadlineAt.After(now) {
+		c := heap.Pop(&d.h).(*wsClient)
+		due = append(due, dueAt{c, c.deadlineAt})
 	}
 	d.next = time.Time{}
 	if len(d.h) > 0 {
-		d.armLocked(d.h[0].at)
+		d.armLocked(d.h[0].deadlineAt)
 	}
 	if cap(d.h) > 1024 && len(d.h) < cap(d.h)/4 {
 		d.h = append(deadlineHeap(nil), d.h...) // give back a drained burst

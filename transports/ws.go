@@ -142,7 +142,7 @@ func (ws *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		WriteHTTPError(w, http.StatusTooManyRequests, "RATE_LIMIT_EXCEEDED", "too many connection attempts from this address")
 		return
 	}
-	c := &wsClient{ws: ws}
+	c := &wsClient{ws: ws, deadlineIdx: -1}
 	if !ws.opts.Origins.Allowed(r) {
 		c.rejectOrigin = true
 	} else if token := TokenFromRequest(r); token != "" {
@@ -239,7 +239,7 @@ func (ws *WebSocket) onConnect(s *melody.Session) {
 	}
 	c.mu.Lock()
 	if c.conn == nil {
-		ws.deadlines.add(c, time.Now().Add(ws.opts.AuthTimeout))
+		ws.deadlines.set(c, time.Now().Add(ws.opts.AuthTimeout))
 	} else {
 		c.armExpiryLocked()
 	}
@@ -257,6 +257,7 @@ func (ws *WebSocket) onDisconnect(s *melody.Session) {
 	}
 	conn := c.conn
 	c.mu.Unlock()
+	ws.deadlines.remove(c)
 	ws.sessions.remove(s)
 	if conn != nil {
 		ws.hub.Disconnect(conn)
@@ -456,6 +457,9 @@ type wsClient struct {
 	gone     bool
 
 	refusedRun int // rate-limited frames in a row
+
+	deadlineAt  time.Time // guarded by WebSocket.deadlines.mu
+	deadlineIdx int       // index in the deadline heap; -1 when none
 
 	inbox     [][]byte   // client frames waiting for the worker
 	working   bool       // a worker goroutine is running
@@ -660,9 +664,11 @@ func (c *wsClient) handleAuth(f ClientFrame) {
 // armExpiryLocked schedules the current token's expiry; the auth deadline
 // or a previous token's expiry left in the schedule is then stale.
 func (c *wsClient) armExpiryLocked() {
-	if !c.expires.IsZero() {
-		c.ws.deadlines.add(c, c.expires)
+	if c.expires.IsZero() {
+		c.ws.deadlines.remove(c) // a token without exp: nothing to wait for
+		return
 	}
+	c.ws.deadlines.set(c, c.expires)
 }
 
 // due runs when a deadline scheduled for c comes: the auth frame's, or the
