@@ -14,8 +14,6 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -29,6 +27,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"sagapush/auth"
+	"sagapush/internal/testsupport"
 	"sagapush/store/pgtest"
 )
 
@@ -435,7 +434,7 @@ func testBrowserReconnect(t *testing.T, transport string) {
 		}
 	}
 
-	env := []string{"DATABASE_URL=" + dbURL, "PORT=" + strconv.Itoa(browserFreePort(t)), "RECONNECT_AFTER_MS=200"}
+	env := []string{"DATABASE_URL=" + dbURL, "PORT=" + strconv.Itoa(testsupport.FreePort(t)), "RECONNECT_AFTER_MS=200"}
 	s1 := startServer(t, env...)
 	ctx := newBrowser(t)
 	browserRun(t, ctx, "opening a page of the server", chromedp.Navigate(s1.URL+"/?autoconnect=0"))
@@ -468,33 +467,4 @@ func testBrowserReconnect(t *testing.T, transport string) {
 		t.Errorf("client %s, want connected %s", st, transport)
 	}
 	t.Logf("states: %v", browserEval[[]string](t, ctx, `window.__t.states`))
-}
-
-// browserFreePort returns a free port below the ephemeral range, so that no
-// outgoing connection can take it while the server that used it is down.
-func browserFreePort(t *testing.T) int {
-	t.Helper()
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil {
-				low = n
-			}
-		}
-	}
-	if low > 12000 {
-		for range 100 {
-			p := 10000 + rand.IntN(low-10000-1)
-			if ln, err := net.Listen("tcp", ":"+strconv.Itoa(p)); err == nil {
-				ln.Close()
-				return p
-			}
-		}
-	}
-	ln, err := net.Listen("tcp", ":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }

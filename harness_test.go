@@ -57,6 +57,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"sagapush/auth"
+	"sagapush/internal/testsupport"
 )
 
 // testSecret is the JWT_SECRET of every test server unless overridden.
@@ -98,34 +99,6 @@ func testMain(m *testing.M) (int, error) {
 
 // serverEnvKeys are the variables the server reads: the test's own
 // environment never leaks them into a test server.
-var serverEnvKeys = []string{
-	"PORT", "DATABASE_URL", "JWT_SECRET", "JWT_PUBLIC_KEY_FILE", "JWT_JWKS_URL", "JWT_ISSUER", "JWT_AUDIENCE",
-	"WEBSOCKET_CORS_ORIGIN", "WEBSOCKET_PING_INTERVAL", "WEBSOCKET_PING_TIMEOUT", "RATE_LIMIT_WINDOW_MS",
-	"RATE_LIMIT_MAX_EVENTS", "SSE_HEARTBEAT_MS", "MAX_CONNECTIONS_PER_USER", "HANDSHAKES_PER_SECOND",
-	"HANDSHAKE_BURST", "SHUTDOWN_GRACE_MS", "RECONNECT_AFTER_MS", "AUTO_MIGRATE", "EVENT_RETENTION_HOURS",
-	"WS_COMPRESS_ABOVE", "QUEUE_LIMIT", "ROOM_HISTORY", "MAX_REPLAY", "EMBEDDED_HISTORY", "AUTH_TIMEOUT_MS",
-	"DEBUG", "LOG_LEVEL",
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer and many readers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// testServer is one running server process.
 type testServer struct {
 	URL    string // http://127.0.0.1:PORT
 	WSURL  string // ws://127.0.0.1:PORT/ws
@@ -133,8 +106,8 @@ type testServer struct {
 	Secret []byte // JWT_SECRET ("" when the test unset it)
 
 	cmd    *exec.Cmd
-	stderr *syncBuffer
-	stdout *syncBuffer
+	stderr *testsupport.SyncBuffer
+	stdout *testsupport.SyncBuffer
 	exited chan struct{} // closed once the process is reaped
 	state  *os.ProcessState
 }
@@ -146,27 +119,13 @@ var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
 // until it listens.
 func startServer(t testing.TB, env ...string) *testServer {
 	t.Helper()
-	full := make([]string, 0, len(os.Environ())+len(env)+2)
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		keep := true
-		for _, s := range serverEnvKeys {
-			if k == s {
-				keep = false
-				break
-			}
-		}
-		if keep {
-			full = append(full, kv)
-		}
-	}
-	full = append(full, "PORT=0", "JWT_SECRET="+testSecret)
+	full := append(testsupport.CleanEnv(), "PORT=0", "JWT_SECRET="+testSecret)
 	if os.Getenv("GORACE") == "" {
 		// The race runtime sleeps 1 s at exit by default: every test pays it.
 		full = append(full, "GORACE=atexit_sleep_ms=50")
 	}
 	full = append(full, env...)
-	s := &testServer{stderr: &syncBuffer{}, stdout: &syncBuffer{}, exited: make(chan struct{})}
+	s := &testServer{stderr: &testsupport.SyncBuffer{}, stdout: &testsupport.SyncBuffer{}, exited: make(chan struct{})}
 	for _, kv := range full {
 		if v, ok := strings.CutPrefix(kv, "JWT_SECRET="); ok {
 			s.Secret = []byte(v)

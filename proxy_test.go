@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"sagapush/internal/testsupport"
 )
 
 const nginxBin = "/usr/sbin/nginx"
@@ -109,7 +111,7 @@ func tryStartNginx(t *testing.T, s *testServer) (*testServer, error) {
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
-	out := &syncBuffer{}
+	out := &testsupport.SyncBuffer{}
 	cmd := exec.Command(nginxBin, "-p", dir, "-e", filepath.Join(dir, "error.log"), "-c", confPath, "-g", "daemon off;")
 	cmd.Stdout, cmd.Stderr = out, out
 	// Its own process group: the master and its workers, and nothing else,

@@ -13,8 +13,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -30,6 +28,7 @@ import (
 	_ "github.com/lib/pq" // the postgres driver of database/sql
 
 	"sagapush/auth"
+	"sagapush/internal/testsupport"
 )
 
 const testSecret = "sagapush-client-test-secret-0123456789"
@@ -76,38 +75,12 @@ func serverBinary(t testing.TB) string {
 }
 
 // serverEnvKeys are never inherited from the test's environment.
-var serverEnvKeys = []string{
-	"PORT", "DATABASE_URL", "JWT_SECRET", "JWT_PUBLIC_KEY_FILE", "JWT_JWKS_URL", "JWT_ISSUER", "JWT_AUDIENCE",
-	"WEBSOCKET_CORS_ORIGIN", "WEBSOCKET_PING_INTERVAL", "WEBSOCKET_PING_TIMEOUT", "RATE_LIMIT_WINDOW_MS",
-	"RATE_LIMIT_MAX_EVENTS", "SSE_HEARTBEAT_MS", "MAX_CONNECTIONS_PER_USER", "HANDSHAKES_PER_SECOND",
-	"HANDSHAKE_BURST", "SHUTDOWN_GRACE_MS", "RECONNECT_AFTER_MS", "AUTO_MIGRATE", "EVENT_RETENTION_HOURS",
-	"WS_COMPRESS_ABOVE", "QUEUE_LIMIT", "ROOM_HISTORY", "MAX_REPLAY", "EMBEDDED_HISTORY", "AUTH_TIMEOUT_MS",
-	"DEBUG", "LOG_LEVEL", "PPROF",
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // server is one running server process.
 type server struct {
 	URL    string
 	Port   int
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *testsupport.SyncBuffer
 	exited chan struct{}
 }
 
@@ -118,20 +91,9 @@ var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
 // listens. It is stopped (SIGTERM, then SIGKILL) when the test ends.
 func startServer(t testing.TB, env ...string) *server {
 	t.Helper()
-	var full []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		keep := true
-		for _, s := range serverEnvKeys {
-			keep = keep && k != s
-		}
-		if keep {
-			full = append(full, kv)
-		}
-	}
-	full = append(full, "PORT=0", "JWT_SECRET="+testSecret)
+	full := append(testsupport.CleanEnv(), "PORT=0", "JWT_SECRET="+testSecret)
 	full = append(full, env...)
-	s := &server{stderr: &syncBuffer{}, exited: make(chan struct{})}
+	s := &server{stderr: &testsupport.SyncBuffer{}, exited: make(chan struct{})}
 	s.cmd = exec.Command(serverBinary(t), "serve")
 	s.cmd.Env = full
 	pipe, err := s.cmd.StderrPipe()
@@ -206,35 +168,8 @@ func (s *server) stop(t testing.TB, sig syscall.Signal) {
 	}
 }
 
-// freePort returns a port nobody listens on, chosen below the ephemeral
-// range so that no outgoing connection can take it while a server that
-// used it is down (a restart on the same port must find it free).
-func freePort(t testing.TB) int {
-	t.Helper()
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil {
-				low = n
-			}
-		}
-	}
-	if low > 12000 {
-		for range 100 {
-			p := 10000 + rand.IntN(low-10000-1)
-			if ln, err := net.Listen("tcp", ":"+strconv.Itoa(p)); err == nil {
-				ln.Close()
-				return p
-			}
-		}
-	}
-	ln, err := net.Listen("tcp", ":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+// freePort returns a port free for a server to restart on.
+func freePort(t testing.TB) int { return testsupport.FreePort(t) }
 
 // token mints an HS256 token with the test secret.
 func token(t testing.TB, c auth.Claims, ttl time.Duration) string {

@@ -1,0 +1,91 @@
+// Package testsupport holds what the tests of several packages share to run
+// the server binary (the root package's integration tests, the browser tests
+// and the Go client's tests). Only tests import it.
+package testsupport
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// ServerEnvKeys are the server's configuration variables: a test's server
+// starts with none of them inherited from the environment, only those the
+// test sets.
+var ServerEnvKeys = []string{
+	"PORT", "DATABASE_URL", "JWT_SECRET", "JWT_PUBLIC_KEY_FILE", "JWT_JWKS_URL", "JWT_ISSUER", "JWT_AUDIENCE",
+	"WEBSOCKET_CORS_ORIGIN", "WEBSOCKET_PING_INTERVAL", "WEBSOCKET_PING_TIMEOUT", "RATE_LIMIT_WINDOW_MS",
+	"RATE_LIMIT_MAX_EVENTS", "SSE_HEARTBEAT_MS", "MAX_CONNECTIONS_PER_USER", "HANDSHAKES_PER_SECOND",
+	"HANDSHAKE_BURST", "SHUTDOWN_GRACE_MS", "RECONNECT_AFTER_MS", "AUTO_MIGRATE", "EVENT_RETENTION_HOURS",
+	"WS_COMPRESS_ABOVE", "QUEUE_LIMIT", "ROOM_HISTORY", "MAX_REPLAY", "EMBEDDED_HISTORY", "AUTH_TIMEOUT_MS",
+	"DEBUG", "LOG_LEVEL", "PPROF", "GOGC",
+}
+
+// CleanEnv returns os.Environ() without ServerEnvKeys.
+func CleanEnv() []string {
+	var env []string
+outer:
+	for _, kv := range os.Environ() {
+		for _, k := range ServerEnvKeys {
+			if strings.HasPrefix(kv, k+"=") {
+				continue outer
+			}
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// SyncBuffer is a bytes.Buffer safe for one writer and many readers (a
+// server's stderr, read while it runs).
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// FreePort returns a port nobody listens on, chosen below the ephemeral
+// range so that no outgoing connection can take it while a server that
+// used it is down (a restart on the same port must find it free).
+func FreePort(t testing.TB) int {
+	t.Helper()
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
+	}
+	if low > 12000 {
+		for range 100 {
+			p := 10000 + rand.IntN(low-10000-1)
+			if ln, err := net.Listen("tcp", ":"+strconv.Itoa(p)); err == nil {
+				ln.Close()
+				return p
+			}
+		}
+	}
+	ln, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
