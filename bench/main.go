@@ -72,6 +72,7 @@ func main() {
 		{"fanout", fanoutScenario},
 		{"throughput", throughput},
 		{"triggers", triggers},
+		{"triggers-families", triggersFamilies},
 		{"churn", churn},
 	}
 	failed := 0

@@ -297,7 +297,16 @@ func (b *bench) benchDB(ctx context.Context) (string, func(), error) {
 
 // triggers measures the database path: the rate the service ingests trigger
 // events from 8 writers, and commit-to-client latency at a fixed rate.
-func triggers(ctx context.Context, b *bench) error {
+// triggers: 1,000 clients in 10 projects of 100 (a stress shape: 50,000
+// deliveries/s at 500 events/s), then the ingest phase.
+func triggers(ctx context.Context, b *bench) error { return triggersIn(ctx, b, 10, true) }
+
+// triggersFamilies: the same clients and rate in 200 projects of 5, the shape
+// of Saga's families (a facilitator and a few storytellers).
+func triggersFamilies(ctx context.Context, b *bench) error { return triggersIn(ctx, b, 200, false) }
+
+func triggersIn(ctx context.Context, b *bench, rooms int, ingest bool) error {
+	rooms = min(rooms, b.sc.latConns) // a smoke run has fewer clients than rooms
 	dbURL, drop, err := b.benchDB(ctx)
 	if err != nil {
 		return err
@@ -314,7 +323,6 @@ func triggers(ctx context.Context, b *bench) error {
 	}
 	defer db.Close()
 	db.SetMaxOpenConns(b.sc.writer + 2)
-	const rooms = 10
 	users := 1000
 	// The workers' users and rooms, as rows: user u is in room u%rooms.
 	tx, _ := db.BeginTx(ctx, nil)
@@ -355,6 +363,9 @@ func triggers(ctx context.Context, b *bench) error {
 	// phase, which saturates it.
 	if err := b.triggerLatency(ctx, s, &f, rooms, insert, commits); err != nil {
 		return err
+	}
+	if !ingest {
+		return nil
 	}
 	return b.triggerIngest(ctx, s, &f, rooms, insert)
 }
@@ -459,7 +470,7 @@ func (b *bench) triggerLatency(ctx context.Context, s *server, f *fleet, rooms i
 		return err
 	}
 	c := sum(reps).Commit
-	scen := fmt.Sprintf("triggers-%d/s", b.sc.latRate)
+	scen := fmt.Sprintf("triggers-%d/s-%dx%d", b.sc.latRate, rooms, members)
 	note := fmt.Sprintf("%d clients in %d rooms, %d writers, %d events; %s", b.sc.latConns, rooms, b.sc.writer, n, cpuNote(procCPU(s.cmd.Process.Pid)-cpu0, f.cpu()-gcpu0, wall))
 	b.add(scen, "commit-to-client p50", percentile(c, 0.5), "ms", note)
 	b.add(scen, "commit-to-client p95", percentile(c, 0.95), "ms", "from the writer's commit returning")
