@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -147,6 +149,13 @@ func runWorker() {
 		w.tokens[u] = s.token(fmt.Sprintf("user-%d", u), fmt.Sprintf("room-%d", u%spec.Rooms))
 	}
 	w.open()
+	if dir := os.Getenv("BENCH_WORKER_PROFILE"); dir != "" { // for experiments
+		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("worker-%d.pprof", spec.Offset)))
+		if err == nil {
+			pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
 	out := json.NewEncoder(os.Stdout)
 	out.Encode(w.report())
 	sc := bufio.NewScanner(os.Stdin)
