@@ -17,7 +17,9 @@ type User struct {
 }
 
 // Outlet is what the hub needs from a transport's connection. Neither method
-// may block: the hub calls them while fanning out.
+// may block: the hub calls them while fanning out. Wake is never called with
+// a room lock held, so a transport may write to its socket in Wake, as long
+// as the write cannot wait (a non-blocking write).
 type Outlet interface {
 	// Wake says frames are waiting in the queue; the transport takes them
 	// with Conn.Pull.
@@ -132,13 +134,24 @@ func (c *Conn) Projects() []string {
 	return ids
 }
 
-// enqueue appends f. force skips the queue limit: replays on join and
-// control frames are bounded by their own limits.
+// enqueue appends f and wakes the transport when the queue was empty.
 func (c *Conn) enqueue(f *Frame, force bool) bool {
+	ok, wake := c.push(f, force)
+	if wake {
+		c.out.Wake()
+	}
+	return ok
+}
+
+// push appends f without waking the transport: a fan-out wakes its members
+// after letting go of the room lock. force skips the queue limit: replays on
+// join and control frames are bounded by their own limits. wake reports that
+// the queue was empty, so the transport needs a Wake.
+func (c *Conn) push(f *Frame, force bool) (ok, wake bool) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return false
+		return false, false
 	}
 	if !force && len(c.queue) >= c.hub.opts.QueueLimit {
 		c.closed = true
@@ -146,15 +159,12 @@ func (c *Conn) enqueue(f *Frame, force bool) bool {
 		c.mu.Unlock()
 		c.hub.metrics.slowClosed.Inc()
 		c.out.Abort(CloseTooSlow, "too slow")
-		return false
+		return false, false
 	}
-	wasEmpty := len(c.queue) == 0
+	wake = len(c.queue) == 0
 	c.queue = append(c.queue, f)
 	c.mu.Unlock()
-	if wasEmpty {
-		c.out.Wake()
-	}
-	return true
+	return true, wake
 }
 
 // discardLocked empties the queue of a closing connection, counting what
@@ -166,13 +176,14 @@ func (c *Conn) discardLocked(extra int) {
 	c.queue = nil
 }
 
-// enqueueRun appends a run of events fanned out together, waking the
-// transport once.
-func (c *Conn) enqueueRun(fs []*Frame) {
+// pushRun appends a run of events fanned out together. It reports whether
+// the transport needs a Wake, which the caller gives once it has let go of
+// the room lock.
+func (c *Conn) pushRun(fs []*Frame) (wake bool) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return
+		return false
 	}
 	if len(c.queue)+len(fs) > c.hub.opts.QueueLimit {
 		c.closed = true
@@ -180,14 +191,12 @@ func (c *Conn) enqueueRun(fs []*Frame) {
 		c.mu.Unlock()
 		c.hub.metrics.slowClosed.Inc()
 		c.out.Abort(CloseTooSlow, "too slow")
-		return
+		return false
 	}
-	wasEmpty := len(c.queue) == 0
+	wake = len(c.queue) == 0
 	c.queue = append(c.queue, fs...)
 	c.mu.Unlock()
-	if wasEmpty {
-		c.out.Wake()
-	}
+	return wake
 }
 
 // Close codes the hub itself decides (PROTOCOL section 3).

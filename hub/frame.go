@@ -3,6 +3,7 @@ package hub
 import (
 	"encoding/json"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,6 +30,26 @@ type Frame struct {
 	// code once every frame before it is written. JSON is then empty.
 	CloseCode   int
 	CloseReason string
+
+	wire [EncodingSlots]atomic.Pointer[[]byte] // see Encoded
+}
+
+// EncodingSlots is how many wire formats a frame can cache (Encoded).
+const EncodingSlots = 2
+
+// Encoded returns the frame in a transport's wire format (slot tells formats
+// apart), made by encode from JSON on first use and shared by every
+// connection after that: a fan-out writes the same bytes to thousands of
+// sockets. encode must always give the same bytes for the same JSON.
+func (f *Frame) Encoded(slot int, encode func(json []byte) []byte) []byte {
+	if p := f.wire[slot].Load(); p != nil {
+		return *p
+	}
+	b := encode(f.JSON)
+	if !f.wire[slot].CompareAndSwap(nil, &b) {
+		return *f.wire[slot].Load()
+	}
+	return b
 }
 
 // EventFrame encodes a domain event as clients receive it:

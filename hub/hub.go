@@ -335,10 +335,13 @@ func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64,
 		frames := make([]*Frame, 0, 1+len(replay))
 		frames = append(frames, Reply("joined_project", "", res, ack))
 		frames = append(frames, replay...)
-		ok := r.addLocked(c, last, frames)
+		ok, wake := r.addLocked(c, last, frames)
 		r.mu.Unlock()
 		if !ok {
 			return JoinResult{}, ErrClosed
+		}
+		if wake {
+			c.out.Wake()
 		}
 		h.metrics.joins.Inc()
 		if h.revocations.Load() != revocations {
@@ -431,13 +434,17 @@ func (h *Hub) DeliverEphemeral(e Ephemeral) {
 		if r == nil {
 			return
 		}
+		var wakes []*Conn
 		r.mu.Lock()
 		for _, m := range r.members {
 			if m.conn.User().ID != e.Except {
-				m.conn.enqueue(f, false)
+				if _, wake := m.conn.push(f, false); wake {
+					wakes = append(wakes, m.conn)
+				}
 			}
 		}
 		r.mu.Unlock()
+		wakeAll(wakes)
 		return
 	}
 	h.mu.RLock()

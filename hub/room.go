@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,22 +70,20 @@ func (r *room) remember(f *Frame) {
 
 // addLocked queues frames to c and makes it a member, atomically with
 // respect to fan-out (r.mu is held) and to Disconnect (c.mu is taken here).
-func (r *room) addLocked(c *Conn, last int64, frames []*Frame) bool {
+// wake reports that the caller must wake c once it lets go of r.mu.
+func (r *room) addLocked(c *Conn, last int64, frames []*Frame) (ok, wake bool) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return false
+		return false, false
 	}
-	wasEmpty := len(c.queue) == 0
+	wake = len(c.queue) == 0
 	c.queue = append(c.queue, frames...)
 	m := &member{conn: c, room: r, last: last, idx: len(r.members)}
 	c.rooms = append(c.rooms, m)
 	c.mu.Unlock()
 	r.members = append(r.members, m)
-	if wasEmpty {
-		c.out.Wake()
-	}
-	return true
+	return true, wake
 }
 
 func (r *room) removeLocked(m *member) {
@@ -234,6 +233,7 @@ func (h *Hub) pump(r *room) {
 			r.mu.Unlock()
 		}
 		frames := make([]*Frame, len(evs))
+		var wakes []*Conn
 		for i, e := range evs {
 			frames[i] = EventFrame(e) // encoded once, outside the lock
 		}
@@ -255,9 +255,10 @@ func (h *Hub) pump(r *room) {
 				more = true // a hole: read again from r.seq
 			}
 			if k > 0 {
-				r.fanout(run[:k])
+				wakes = r.fanout(run[:k], wakes[:0])
 			}
 			r.mu.Unlock()
+			wakeAll(wakes)
 			now := time.Now()
 			for _, f := range run[:k] {
 				h.metrics.fanoutLatency.Observe(now.Sub(f.created).Seconds())
@@ -280,8 +281,9 @@ func (h *Hub) pump(r *room) {
 const fanoutRun = 64
 
 // fanout hands consecutive events (fs[0].Seq == r.seq+1), each encoded once,
-// to every member that has not had them, as one batch per member.
-func (r *room) fanout(fs []*Frame) {
+// to every member that has not had them, as one batch per member. It returns
+// wakes with the connections to wake appended.
+func (r *room) fanout(fs []*Frame, wakes []*Conn) []*Conn {
 	for _, f := range fs {
 		r.remember(f)
 	}
@@ -293,7 +295,42 @@ func (r *room) fanout(fs []*Frame) {
 		}
 		if i < len(fs) {
 			m.last = r.seq
-			m.conn.enqueueRun(fs[i:])
+			if m.conn.pushRun(fs[i:]) {
+				wakes = append(wakes, m.conn)
+			}
 		}
 	}
+	return wakes
+}
+
+// wakesPerWorker is the fewest wakes worth a goroutine of their own: a
+// transport may write to the socket in Wake, one syscall per connection.
+const wakesPerWorker = 256
+
+// wakeAll wakes the transports of conns, outside any room lock. A big room's
+// wakes run on all cores at once; each connection is woken by one goroutine,
+// so its frames still go out in order.
+func wakeAll(conns []*Conn) {
+	workers := min(runtime.GOMAXPROCS(0), len(conns)/wakesPerWorker)
+	if workers <= 1 {
+		for _, c := range conns {
+			c.out.Wake()
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	chunk := (len(conns) + workers - 1) / workers
+	for len(conns) > chunk {
+		part := conns[:chunk]
+		conns = conns[chunk:]
+		wg.Go(func() {
+			for _, c := range part {
+				c.out.Wake()
+			}
+		})
+	}
+	for _, c := range conns {
+		c.out.Wake()
+	}
+	wg.Wait()
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -32,9 +33,6 @@ type WSOptions struct {
 	PingTimeout    time.Duration // default 60s: silence before close
 	AuthTimeout    time.Duration // default 10s: the auth frame's deadline
 	MaxMessageSize int64         // default 16 KiB (bigger frames: close 1009)
-	// Credit is how many frames may wait in melody's buffer at once; the
-	// rest wait in the hub's queue, which holds nothing while idle.
-	Credit int // default 4
 	// CompressAbove is the smallest message compressed when the client
 	// offered permessage-deflate; 0 disables compression.
 	CompressAbove int
@@ -42,7 +40,7 @@ type WSOptions struct {
 	Handshakes    *AddrLimiter
 	Logger        *slog.Logger
 	ReadBuffer    int // gorilla read buffer (default 256; client frames are small)
-	WriteBuffer   int // gorilla write buffer, pooled (default 4096)
+	WriteBuffer   int // gorilla write buffer, pooled: pings and close frames only (default 256)
 }
 
 // WebSocket serves GET /ws with melody.
@@ -76,15 +74,11 @@ func NewWebSocket(h *hub.Hub, a *Authenticator, opts WSOptions) *WebSocket {
 	if opts.MaxMessageSize <= 0 {
 		opts.MaxMessageSize = 16 << 10
 	}
-	if opts.Credit <= 0 {
-		opts.Credit = 4
-	}
-	opts.Credit = min(opts.Credit, maxCredit)
 	if opts.ReadBuffer <= 0 {
 		opts.ReadBuffer = 256
 	}
 	if opts.WriteBuffer <= 0 {
-		opts.WriteBuffer = 4096
+		opts.WriteBuffer = 256
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -93,7 +87,7 @@ func NewWebSocket(h *hub.Hub, a *Authenticator, opts WSOptions) *WebSocket {
 	m.Config.PingPeriod = opts.PingInterval
 	m.Config.PongWait = opts.PingTimeout
 	m.Config.MaxMessageSize = opts.MaxMessageSize // melody's default is 512 bytes
-	m.Config.MessageBufferSize = opts.Credit + 4  // room for close frames beyond the credit
+	m.Config.MessageBufferSize = 2                // close frames only: data frames are written in wire.go
 	m.Config.WriteWait = 10 * time.Second
 	m.Upgrader = &websocket.Upgrader{
 		ReadBufferSize:  opts.ReadBuffer,
@@ -116,14 +110,10 @@ func NewWebSocket(h *hub.Hub, a *Authenticator, opts WSOptions) *WebSocket {
 	// nil: gorilla reads it with io.ReadAll), so that its error comes in
 	// order with the answers to the frames before it.
 	m.HandleMessageBinary(func(s *melody.Session, _ []byte) { ws.onMessage(s, nil) })
-	m.HandleSentMessage(func(s *melody.Session, _ []byte) {
-		if c := ws.sessions.get(s); c != nil {
-			c.sent()
-		}
-	})
 	m.HandleError(func(s *melody.Session, err error) {
 		if errors.Is(err, melody.ErrMessageBufferFull) {
-			// Cannot happen while credit is respected; never drop silently.
+			// Only close frames go through melody's buffer, once each;
+			// should it ever fill, never drop silently.
 			if c := ws.sessions.get(s); c != nil {
 				c.Abort(hub.CloseTooSlow, "too slow")
 			}
@@ -142,7 +132,7 @@ func (ws *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		WriteHTTPError(w, http.StatusTooManyRequests, "RATE_LIMIT_EXCEEDED", "too many connection attempts from this address")
 		return
 	}
-	c := &wsClient{ws: ws, deadlineIdx: -1}
+	c := &wsClient{ws: ws, deadlineIdx: -1, fd: -1}
 	if !ws.opts.Origins.Allowed(r) {
 		c.rejectOrigin = true
 	} else if token := TokenFromRequest(r); token != "" {
@@ -170,8 +160,7 @@ func (ws *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// otherwise pin for the connection's whole life.
 	c.upgraded = make(chan struct{})
 	go func() {
-		cw := &coalescingWriter{ResponseWriter: w, more: c.moreQueued}
-		err := ws.m.HandleRequest(cw, r.WithContext(context.WithValue(r.Context(), clientCtxKey{}, c)))
+		err := ws.m.HandleRequest(&hijacker{ResponseWriter: w, c: c}, r.WithContext(context.WithValue(r.Context(), clientCtxKey{}, c)))
 		if err != nil {
 			// gorilla already answered the failed upgrade.
 			metrics.WithLabelValues(wsTransportName, "upgrade_failed").Inc()
@@ -263,31 +252,6 @@ func (ws *WebSocket) onDisconnect(s *melody.Session) {
 		ws.hub.Disconnect(conn)
 	}
 }
-
-// maxCredit bounds WSOptions.Credit: the in-flight sizes live in a fixed
-// ring, so handing a frame to melody never allocates.
-const maxCredit = 8
-
-// sizeRing is a FIFO of at most maxCredit message sizes.
-type sizeRing struct {
-	sizes [maxCredit]int32
-	head  int8
-	n     int
-}
-
-func (r *sizeRing) push(size int) {
-	r.sizes[(int(r.head)+r.n)%maxCredit] = int32(min(size, 1<<30))
-	r.n++
-}
-
-func (r *sizeRing) pop() {
-	if r.n > 0 {
-		r.head = int8((int(r.head) + 1) % maxCredit)
-		r.n--
-	}
-}
-
-func (r *sizeRing) first() int { return int(r.sizes[r.head]) }
 
 // maxInbox bounds the client frames waiting for the worker; the read loop
 // waits beyond it, which pushes back on the client through TCP.
@@ -449,12 +413,22 @@ type wsClient struct {
 	rejectOrigin bool
 	upgraded     chan struct{} // closed once the upgrade succeeded or failed
 
-	mu       sync.Mutex
-	sess     *melody.Session
-	conn     *hub.Conn // nil until authenticated
-	expires  time.Time
-	inflight sizeRing // sizes of frames handed to melody, oldest first
-	gone     bool
+	mu      sync.Mutex
+	sess    *melody.Session
+	conn    *hub.Conn // nil until authenticated
+	expires time.Time
+	gone    bool
+
+	// The socket (wire.go), under mu.
+	sock             net.Conn // the hijacked connection
+	fd               int      // its descriptor for direct writes; -1: flusher only
+	handshaken       bool     // gorilla wrote the 101 response
+	compress         bool     // permessage-deflate was negotiated
+	pending          [][]byte // waiting for the flusher, in order
+	flushing         bool     // the socket is full: writes go to pending
+	flusher          bool     // the flusher goroutine runs
+	closeWhenFlushed bool     // gorilla closed while the flusher had data
+	sockClosed       bool
 
 	refusedRun int // rate-limited frames in a row
 
@@ -480,62 +454,10 @@ func (c *wsClient) touch() {
 	c.sess.WebsocketConnection().SetReadDeadline(time.Now().Add(c.ws.opts.PingTimeout))
 }
 
-// Wake moves queued frames into melody's buffer, up to the credit.
+// Wake writes the hub's queued frames (wire.go). It never waits.
 func (c *wsClient) Wake() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.pumpLocked()
-}
-
-func (c *wsClient) pumpLocked() {
-	if c.sess == nil || c.conn == nil || c.gone || c.aborted {
-		return
-	}
-	free := c.ws.opts.Credit - c.inflight.n
-	if free <= 0 {
-		return
-	}
-	var buf [16]*hub.Frame
-	frames := c.conn.Pull(buf[:0], free)
-	for _, f := range frames {
-		if f.CloseCode > 0 {
-			c.sess.CloseWithMsg(websocket.FormatCloseMessage(f.CloseCode, f.CloseReason))
-			c.aborted = true
-			return
-		}
-		c.pushLocked(f.JSON)
-	}
-}
-
-// pushLocked hands one message to melody. Compression is chosen per message
-// from its size: the flag may only change while no data frame is being
-// written, that is when nothing is in flight or, from sent, on melody's
-// write goroutine itself.
-func (c *wsClient) pushLocked(b []byte) {
-	if c.inflight.n == 0 && c.ws.opts.CompressAbove > 0 {
-		c.sess.WebsocketConnection().EnableWriteCompression(len(b) >= c.ws.opts.CompressAbove)
-	}
-	c.inflight.push(len(b))
-	c.sess.Write(b)
-}
-
-// moreQueued reports whether another message waits in melody's buffer
-// behind the one being written (the write coalescing's signal).
-func (c *wsClient) moreQueued() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.inflight.n > 1
-}
-
-// sent runs on melody's write goroutine after each text message.
-func (c *wsClient) sent() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.inflight.pop()
-	if c.inflight.n > 0 && c.ws.opts.CompressAbove > 0 {
-		c.sess.WebsocketConnection().EnableWriteCompression(c.inflight.first() >= c.ws.opts.CompressAbove)
-	}
-	c.ws.sentCounter.Inc()
 	c.pumpLocked()
 }
 
@@ -543,10 +465,10 @@ func (c *wsClient) sent() {
 func (c *wsClient) direct(b []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gone || c.aborted || c.inflight.n >= c.ws.opts.Credit {
+	if c.sess == nil || c.gone || c.aborted || c.flushing {
 		return // an unauthenticated flood gets no more answers
 	}
-	c.pushLocked(b)
+	c.sendBatchLocked([][]byte{c.wire(&hub.Frame{JSON: b})})
 }
 
 // replyError answers a frame with an error, in order with everything else.

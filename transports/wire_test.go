@@ -1,0 +1,91 @@
+package transports
+
+import (
+	"bufio"
+	"bytes"
+	"compress/flate"
+	"io"
+	"strings"
+	"testing"
+)
+
+// textFrame and deflateFrame write frames that decode back to the payload,
+// at every length class (7-bit, 16-bit and 64-bit).
+func TestFrameEncodings(t *testing.T) {
+	for _, n := range []int{0, 1, 125, 126, 127, 65535, 65536, 70000} {
+		payload := []byte(strings.Repeat("x", n))
+		if n > 3 {
+			copy(payload, `{"a`)
+		}
+		for _, deflate := range []bool{false, true} {
+			frame := textFrame(payload)
+			if deflate {
+				frame = deflateFrame(payload)
+			}
+			typ, got := readServerFrame(t, frame, deflate)
+			if typ != 1 || !bytes.Equal(got, payload) {
+				t.Fatalf("n=%d deflate=%v: type %d, %d bytes back", n, deflate, typ, len(got))
+			}
+		}
+	}
+}
+
+// readServerFrame parses one server frame by hand, as RFC 6455 and 7692 say.
+func readServerFrame(t *testing.T, frame []byte, deflated bool) (int, []byte) {
+	t.Helper()
+	br := bufio.NewReader(bytes.NewReader(frame))
+	b0, _ := br.ReadByte()
+	b1, _ := br.ReadByte()
+	if b0&0x80 == 0 {
+		t.Fatal("FIN not set")
+	}
+	if (b0&0x40 != 0) != deflated {
+		t.Fatalf("RSV1 = %v, want %v", b0&0x40 != 0, deflated)
+	}
+	if b1&0x80 != 0 {
+		t.Fatal("a server frame must not be masked")
+	}
+	n := int(b1 & 0x7f)
+	switch n {
+	case 126:
+		var l [2]byte
+		io.ReadFull(br, l[:])
+		n = int(l[0])<<8 | int(l[1])
+	case 127:
+		var l [8]byte
+		io.ReadFull(br, l[:])
+		n = 0
+		for _, b := range l {
+			n = n<<8 | int(b)
+		}
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(br, body); err != nil {
+		t.Fatal(err)
+	}
+	if br.Buffered() != 0 {
+		t.Fatalf("%d bytes after the frame", br.Buffered())
+	}
+	if deflated {
+		fr := flate.NewReader(io.MultiReader(bytes.NewReader(body), strings.NewReader("\x00\x00\xff\xff\x01\x00\x00\xff\xff")))
+		var err error
+		if body, err = io.ReadAll(fr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return int(b0 & 0x0f), body
+}
+
+func TestConsume(t *testing.T) {
+	bufs := [][]byte{[]byte("abc"), []byte("de"), []byte("f")}
+	got := consume(bufs, 4)
+	if len(got) != 2 || string(got[0]) != "e" || string(got[1]) != "f" {
+		t.Fatalf("consume 4: %q", got)
+	}
+	if got := consume([][]byte{[]byte("ab")}, 2); len(got) != 0 {
+		t.Fatalf("consume all: %q", got)
+	}
+	if got := consume([][]byte{[]byte("ab")}, 0); len(got) != 1 || string(got[0]) != "ab" {
+		t.Fatalf("consume 0: %q", got)
+	}
+}
