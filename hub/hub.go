@@ -527,7 +527,18 @@ func (h *Hub) Revoke(projectID, userID string) {
 // member is here, reads them from the store and fans them out in seq order.
 func (h *Hub) Wake(projectID string) {
 	if r := h.roomOf(projectID); r != nil {
-		h.wakeRoom(r)
+		h.wakeRoom(r, true)
+	}
+}
+
+// Offer is the doorbell with the event in hand: the store learned it from
+// its notification. The room fans it out without reading it back when it
+// follows on from the room's position; otherwise it reads the store as on
+// Wake. Offers of one project must come in seq order.
+func (h *Hub) Offer(e Event) {
+	if r := h.roomOf(e.ProjectID); r != nil {
+		r.offer(e)
+		h.wakeRoom(r, false)
 	}
 }
 
@@ -541,7 +552,7 @@ func (h *Hub) WakeAll() {
 	}
 	h.mu.RUnlock()
 	for _, r := range rooms {
-		h.wakeRoom(r)
+		h.wakeRoom(r, true)
 	}
 }
 

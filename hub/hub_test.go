@@ -439,3 +439,99 @@ func TestOneWakeReadsEveryBatch(t *testing.T) {
 	fs := o.waitFor(t, "every batch", func(fs []*hub.Frame) bool { return len(seqs(fs)) == 23 })
 	wantSeqs(t, seqs(fs), 1, 23)
 }
+
+// listSource is a store that rings no doorbell by itself and counts reads.
+type listSource struct {
+	mu    sync.Mutex
+	evs   []hub.Event
+	reads int
+}
+
+func (s *listSource) add(project string) hub.Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := hub.Event{ProjectID: project, Seq: int64(len(s.evs) + 1), Name: "story_uploaded", Time: time.Now(), Data: json.RawMessage(`{}`)}
+	s.evs = append(s.evs, e)
+	return e
+}
+
+func (s *listSource) Head(context.Context, string) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return int64(len(s.evs)), nil
+}
+
+func (s *listSource) After(_ context.Context, _ string, after int64, limit int) ([]hub.Event, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reads++
+	out := append([]hub.Event(nil), s.evs[after:]...)
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out, true, nil
+}
+
+func (s *listSource) Role(context.Context, *hub.User, string) (string, error) {
+	return "storyteller", nil
+}
+
+func (s *listSource) readCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reads
+}
+
+// Offered events that follow on are fanned out without a read; a hole, or a
+// plain Wake among offers, makes the room read the store; nothing is lost or
+// doubled either way.
+func TestOfferSparesReads(t *testing.T) {
+	src := &listSource{}
+	h := hub.New(hub.Options{Source: src, Access: src})
+	t.Cleanup(h.Close)
+	o := newOutlet()
+	c, err := h.Connect(&hub.User{ID: "u1"}, "test", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.conn = c
+	if _, err := h.Join(context.Background(), c, "p1", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	wantSeqs := func(n int) {
+		t.Helper()
+		fs := o.waitFor(t, fmt.Sprintf("seqs 1..%d", n), func(fs []*hub.Frame) bool { return len(seqs(fs)) >= n })
+		for i, s := range seqs(fs) {
+			if s != int64(i+1) {
+				t.Fatalf("seqs %v", seqs(fs))
+			}
+		}
+	}
+
+	h.Offer(src.add("p1"))
+	h.Offer(src.add("p1"))
+	wantSeqs(2)
+	if n := src.readCount(); n != 0 {
+		t.Fatalf("%d store reads for offered events that follow on", n)
+	}
+
+	src.add("p1") // 3 is never offered: a hole before 4
+	h.Offer(src.add("p1"))
+	wantSeqs(4)
+	if src.readCount() == 0 {
+		t.Fatal("a hole did not make the room read the store")
+	}
+
+	h.Offer(src.add("p1")) // 5 comes offered, 6 rings without its event
+	src.add("p1")
+	h.Wake("p1")
+	wantSeqs(6)
+
+	h.Offer(hub.Event{ProjectID: "p1", Seq: 2, Name: "story_uploaded", Data: json.RawMessage(`{}`)}) // stale
+	h.Offer(src.add("p1"))
+	wantSeqs(7)
+	o.drain()
+	if got := seqs(o.frames); len(got) != 7 {
+		t.Fatalf("seqs %v: an event came twice", got)
+	}
+}

@@ -27,6 +27,13 @@ type room struct {
 	start int // index of the oldest frame
 	n     int
 
+	// offered holds events the store handed over with their doorbell
+	// (Hub.Offer), in arrival order, for the pump; under offerMu, not mu,
+	// so that offering never waits for a fan-out.
+	offerMu  sync.Mutex
+	offered  []Event
+	mustRead atomic.Bool // a ring without its events came: read the store
+
 	// bell is the doorbell's state, changed without the room lock so that
 	// a publisher never waits for a fan-out: bellIdle, bellPumping (a pump
 	// goroutine runs) or bellRung (it rang again while the pump ran).
@@ -53,6 +60,42 @@ func (r *room) since(s int64) []*Frame {
 		out = append(out, r.ring[(r.start+i)%len(r.ring)])
 	}
 	return out
+}
+
+// maxOffered bounds a room's offered events; beyond it offers are dropped
+// and the pump reads the store instead.
+const maxOffered = 1024
+
+func (r *room) offer(e Event) {
+	r.offerMu.Lock()
+	if len(r.offered) < maxOffered {
+		r.offered = append(r.offered, e)
+	}
+	r.offerMu.Unlock()
+}
+
+// takeOffered returns the offered events that follow on from after without
+// a gap, and forgets those and older ones. hole reports offered events left
+// behind a gap: the store must be read for what is missing.
+func (r *room) takeOffered(after int64) (evs []Event, hole bool) {
+	r.offerMu.Lock()
+	defer r.offerMu.Unlock()
+	i := 0
+	for i < len(r.offered) && r.offered[i].Seq <= after {
+		i++
+	}
+	j := i
+	for j < len(r.offered) && r.offered[j].Seq == after+1+int64(j-i) {
+		j++
+	}
+	evs = append([]Event(nil), r.offered[i:j]...)
+	rest := copy(r.offered, r.offered[j:])
+	clear(r.offered[rest:])
+	r.offered = r.offered[:rest]
+	if rest == 0 && cap(r.offered) > 64 {
+		r.offered = nil // a burst's backing array goes once drained
+	}
+	return evs, rest > 0
 }
 
 func (r *room) remember(f *Frame) {
@@ -168,8 +211,12 @@ const (
 )
 
 // wakeRoom rings the room's doorbell. It never blocks: it starts a pump, or
-// tells the running one to read once more.
-func (h *Hub) wakeRoom(r *room) {
+// tells the running one to look once more. read says the store must be read:
+// the ring came without its events (they are not all offered).
+func (h *Hub) wakeRoom(r *room, read bool) {
+	if read {
+		r.mustRead.Store(true)
+	}
 	for {
 		switch r.bell.Load() {
 		case bellIdle:
@@ -206,18 +253,30 @@ func (h *Hub) pump(r *room) {
 			continue
 		}
 
-		ctx, cancel := context.WithTimeout(h.ctx, 10*time.Second)
-		evs, complete, err := h.opts.Source.After(ctx, r.id, after, h.opts.FetchBatch)
-		cancel()
+		// Events the store offered (from their notifications) spare a read
+		// when they follow on from the room's position; anything else, a
+		// hole included, is read from the store.
+		var evs []Event
+		var hole bool
+		if !r.mustRead.Swap(false) {
+			evs, hole = r.takeOffered(after)
+		}
+		complete, more := true, hole
+		var err error
+		if len(evs) == 0 {
+			ctx, cancel := context.WithTimeout(h.ctx, 10*time.Second)
+			evs, complete, err = h.opts.Source.After(ctx, r.id, after, h.opts.FetchBatch)
+			cancel()
+			more = len(evs) == h.opts.FetchBatch
+		}
 		if err != nil {
 			r.bell.Store(bellIdle)
 			if h.ctx.Err() == nil {
 				h.log.Warn("reading events failed; retrying", "project", r.id, "err", err)
-				time.AfterFunc(time.Second, func() { h.wakeRoom(r) })
+				time.AfterFunc(time.Second, func() { h.wakeRoom(r, true) })
 			}
 			return
 		}
-		more := len(evs) == h.opts.FetchBatch
 		if !complete {
 			r.mu.Lock()
 			if r.seq == after {

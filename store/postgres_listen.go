@@ -45,6 +45,7 @@ type queues struct {
 	mu      sync.Mutex
 	wake    map[string]struct{} // projects to wake, coalesced
 	wakeAll bool
+	offers  []hub.Event // events that came with their notification, in order
 	wakeSig chan struct{}
 
 	// Revocation checks run in order of arrival (one worker), each (project,
@@ -84,6 +85,40 @@ func (p *Postgres) requestWake(projectID string) {
 	p.q.wake[projectID] = struct{}{}
 	p.q.mu.Unlock()
 	signal(p.q.wakeSig)
+}
+
+// maxOffers bounds the events waiting for the Sink; beyond it an event's
+// project is woken instead, and its room reads the store.
+const maxOffers = 4096
+
+func (p *Postgres) requestOffer(e hub.Event) {
+	p.q.mu.Lock()
+	if len(p.q.offers) < maxOffers {
+		p.q.offers = append(p.q.offers, e)
+	} else {
+		p.q.wake[e.ProjectID] = struct{}{}
+	}
+	p.q.mu.Unlock()
+	signal(p.q.wakeSig)
+}
+
+// parseEvent decodes a v: notification (after the "v:"), as push_emit
+// writes it: seq:µs:name:len:project+data.
+func parseEvent(s string) (hub.Event, bool) {
+	var f [4]string
+	for i := range f {
+		var ok bool
+		if f[i], s, ok = strings.Cut(s, ":"); !ok {
+			return hub.Event{}, false
+		}
+	}
+	seq, err1 := strconv.ParseInt(f[0], 10, 64)
+	us, err2 := strconv.ParseInt(f[1], 10, 64)
+	n, err3 := strconv.Atoi(f[3])
+	if err1 != nil || err2 != nil || err3 != nil || seq <= 0 || n <= 0 || n > len(s) || !json.Valid([]byte(s[n:])) {
+		return hub.Event{}, false
+	}
+	return hub.Event{ProjectID: s[:n], Seq: seq, Name: f[2], Time: time.UnixMicro(us), Data: json.RawMessage(s[n:])}, true
 }
 
 func (p *Postgres) requestWakeAll() {
@@ -270,6 +305,13 @@ func (p *Postgres) dispatch(n *pq.Notification) {
 	switch kind {
 	case "e":
 		p.requestWake(rest)
+	case "v":
+		if e, ok := parseEvent(rest); ok {
+			p.requestOffer(e)
+		} else {
+			p.log.Warn("malformed event notification; waking every room", "bytes", len(n.Extra))
+			p.requestWakeAll()
+		}
 	case "r":
 		// Ids are UUIDs: the first colon separates project and user.
 		if project, user, ok := strings.Cut(rest, ":"); ok {
@@ -312,13 +354,17 @@ func (p *Postgres) wakeLoop(run context.Context, sink Sink) {
 		case <-p.q.wakeSig:
 		}
 		p.q.mu.Lock()
-		all, set := p.q.wakeAll, p.q.wake
+		all, set, offers := p.q.wakeAll, p.q.wake, p.q.offers
 		p.q.wakeAll = false
 		p.q.wake = make(map[string]struct{})
+		p.q.offers = nil
 		p.q.mu.Unlock()
 		if all {
-			sink.WakeAll() // covers every project of set too
+			sink.WakeAll() // covers every project of set and offers too
 			continue
+		}
+		for _, e := range offers {
+			sink.Offer(e)
 		}
 		for id := range set {
 			sink.Wake(id)

@@ -29,11 +29,13 @@ type recSink struct {
 	wakeAlls   int
 	revokes    []string // "project:user"
 	ephemerals []hub.Ephemeral
+	offers     []hub.Event
+	pointers   map[string]int // Wake calls alone, without Offer
 	changed    chan struct{}
 }
 
 func newSink() *recSink {
-	return &recSink{wakes: make(map[string]int), changed: make(chan struct{}, 1)}
+	return &recSink{wakes: make(map[string]int), pointers: make(map[string]int), changed: make(chan struct{}, 1)}
 }
 
 func (s *recSink) note() {
@@ -43,9 +45,19 @@ func (s *recSink) note() {
 	}
 }
 
+// Wake and Offer both count as a wake of the project.
 func (s *recSink) Wake(projectID string) {
 	s.mu.Lock()
 	s.wakes[projectID]++
+	s.pointers[projectID]++
+	s.mu.Unlock()
+	s.note()
+}
+
+func (s *recSink) Offer(e hub.Event) {
+	s.mu.Lock()
+	s.wakes[e.ProjectID]++
+	s.offers = append(s.offers, e)
 	s.mu.Unlock()
 	s.note()
 }
@@ -378,6 +390,45 @@ func TestRolledBackChangeFiresNothing(t *testing.T) {
 	mustExec(t, db, `INSERT INTO stories (project_id, title) VALUES ('p1', 'Now')`)
 	if head, err := p.Head(ctx, "p1"); err != nil || head != 1 {
 		t.Errorf("Head(p1) after a committed insert = %d, %v; want 1", head, err)
+	}
+}
+
+// A notification carries its event when it fits, exactly as After returns
+// it; a big one is a pointer, and the rows are read.
+func TestNotificationCarriesEvent(t *testing.T) {
+	t.Parallel()
+	dbURL := pgtest.New(t)
+	p, sink := startStore(t, dbURL, store.PostgresOptions{})
+	ctx := ctxT(t)
+
+	project := "p:with:colons ü"
+	data := json.RawMessage(`{"storyId": "s1", "text": "a \"quoted\" line\n", "n": [1, 2.50, {"z": null}]}`)
+	seq, err := p.Publish(ctx, project, "transcript_updated", data)
+	if err != nil || seq != 1 {
+		t.Fatalf("Publish = %d, %v", seq, err)
+	}
+	sink.wait(t, "the offered event", func(s *recSink) bool { return len(s.offers) == 1 })
+	evs, _, err := p.After(ctx, project, 0, 0)
+	if err != nil || len(evs) != 1 {
+		t.Fatalf("After = %v, %v", evs, err)
+	}
+	sink.mu.Lock()
+	got, want := sink.offers[0], evs[0]
+	sink.mu.Unlock()
+	if got.ProjectID != want.ProjectID || got.Seq != want.Seq || got.Name != want.Name ||
+		string(got.Data) != string(want.Data) || !got.Time.Equal(want.Time) {
+		t.Fatalf("offered %+v (data %s)\nstored  %+v (data %s)", got, got.Data, want, want.Data)
+	}
+
+	big, _ := json.Marshal(map[string]string{"storyId": "s1", "transcript": strings.Repeat("x", 9000)})
+	if _, err := p.Publish(ctx, project, "transcript_updated", big); err != nil {
+		t.Fatal(err)
+	}
+	sink.wait(t, "a pointer for the big event", func(s *recSink) bool { return s.pointers[project] == 1 })
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if n := len(sink.offers); n != 1 {
+		t.Fatalf("%d offers; the big event must come as a pointer", n)
 	}
 }
 

@@ -35,6 +35,7 @@ type Store interface {
 // Sink receives what the store learns. *hub.Hub is one.
 type Sink interface {
 	Wake(projectID string)
+	Offer(e hub.Event) // a wake with the event in hand, in seq order per project
 	WakeAll()
 	Revoke(projectID, userID string)
 	DeliverEphemeral(e hub.Ephemeral)
