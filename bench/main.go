@@ -62,6 +62,9 @@ func main() {
 	if v := os.Getenv("BENCH_LAT_CONNS"); v != "" { // for experiments
 		fmt.Sscanf(v, "%d", &b.sc.latConns)
 	}
+	if v := os.Getenv("BENCH_FANOUT"); v != "" { // for experiments: "members x events", e.g. 1000x40
+		fmt.Sscanf(v, "%dx%d", &b.sc.fanout, &b.sc.fanoutEvents)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
 

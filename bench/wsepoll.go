@@ -1,0 +1,572 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/sha1"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The generator's WebSocket reading side. It shares the cores with the
+// server, so it must be cheap per received message: a goroutine per
+// connection cost a netpoll wakeup, a goroutine switch and gorilla's
+// reader per message. Instead one goroutine per wsPoller waits in epoll
+// over many connections, reads each into one shared buffer and parses the
+// server's frames itself. Only the bytes of a frame that straddles two reads
+// are kept per connection, so an idle connection holds no buffer.
+
+// WebSocket opcodes (RFC 6455 5.2).
+const (
+	opCont   = 0
+	opText   = 1
+	opBinary = 2
+	opClose  = 8
+	opPing   = 9
+	opPong   = 10
+)
+
+// maxFrame bounds a message: the server's are small, and a corrupt length
+// must not make the generator allocate gigabytes.
+const maxFrame = 16 << 20
+
+// wakeID is the epoll data of the poller's eventfd; connections have ids >= 0.
+const wakeID = -1
+
+// wsCloseError is a close frame from the server.
+type wsCloseError struct{ code int }
+
+func (e *wsCloseError) Error() string { return fmt.Sprintf("websocket: close %d", e.code) }
+
+var (
+	errMasked   = errors.New("websocket: masked frame from the server")
+	errRSV      = errors.New("websocket: RSV bit set without a negotiated extension")
+	errTooBig   = errors.New("websocket: frame too big")
+	errControl  = errors.New("websocket: bad control frame")
+	errOpcode   = errors.New("websocket: unknown opcode")
+	errFragment = errors.New("websocket: bad fragmentation")
+)
+
+// wsPoller reads its connections on one goroutine.
+type wsPoller struct {
+	epfd    int
+	wake    int // eventfd: stop's signal to the loop
+	done    chan struct{}
+	stopped sync.Once
+	onEvent func(msg []byte, last *int64, now time.Time)
+	onClose func(code int)
+
+	mu sync.Mutex
+	// conns is indexed by connection id, the epoll data: ids are never
+	// reused, so an event for a closed connection whose fd number was
+	// taken again finds nil, never the new connection.
+	conns []*wsConn
+}
+
+// wsConn is one connection's state. Whoever uses fd holds mu: the loop while
+// it reads, a handshake, Close.
+type wsConn struct {
+	p    *wsPoller
+	id   int // index in p.conns; -1 until registered
+	fd   int
+	conn *net.TCPConn // kept referenced: its finalizer would close fd
+
+	mu     sync.Mutex
+	dead   bool
+	joined bool   // the first message (the join reply) was seen
+	last   int64  // onEvent's last seq
+	pend   []byte // an incomplete frame, header included
+	frag   []byte // a fragmented message's payload so far
+	fragOp byte   // its opcode; 0 when none is in progress
+}
+
+// newWSPoller starts a poller whose loop passes every data message (text or
+// binary, as gorilla's NextReader gave them) to onEvent, with the
+// connection's last seq, and every close frame's code to onClose. msg is
+// only valid during the call: it is the loop's read buffer.
+func newWSPoller(onEvent func(msg []byte, last *int64, now time.Time), onClose func(code int)) (*wsPoller, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: wakeID}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wake)
+		return nil, err
+	}
+	p := &wsPoller{epfd: epfd, wake: wake, done: make(chan struct{}), onEvent: onEvent, onClose: onClose}
+	go p.loop()
+	return p, nil
+}
+
+// stop ends the loop and closes every connection still open. Once only:
+// a second close of epfd could close a reused fd number.
+func (p *wsPoller) stop() {
+	p.stopped.Do(func() {
+		unix.Write(p.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+		<-p.done
+		p.mu.Lock()
+		live := append([]*wsConn(nil), p.conns...)
+		p.mu.Unlock()
+		for _, c := range live {
+			if c != nil {
+				c.Close()
+			}
+		}
+		unix.Close(p.epfd)
+		unix.Close(p.wake)
+	})
+}
+
+// loop waits for readable connections and reads each once per wakeup:
+// level-triggered, so a connection with more than a buffer waiting is
+// reported again, after the others had their turn.
+func (p *wsPoller) loop() {
+	defer close(p.done)
+	events := make([]unix.EpollEvent, 512)
+	ready := make([]*wsConn, 0, len(events))
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := unix.EpollWait(p.epfd, events, -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "worker: epoll_wait:", err)
+			return
+		}
+		// Resolve the ids under one lock for the batch.
+		ready = ready[:0]
+		stop := false
+		p.mu.Lock()
+		for _, ev := range events[:n] {
+			if id := int(ev.Fd); id == wakeID {
+				stop = true
+			} else if id < len(p.conns) && p.conns[id] != nil {
+				ready = append(ready, p.conns[id])
+			}
+		}
+		p.mu.Unlock()
+		if stop {
+			return
+		}
+		for _, c := range ready {
+			code := 0
+			c.mu.Lock()
+			if !c.dead {
+				code = c.read(buf)
+			}
+			c.mu.Unlock()
+			if code != 0 {
+				p.onClose(code)
+			}
+		}
+	}
+}
+
+// read reads what c has (at most one buffer) and handles its frames; it
+// returns the code of a close frame that ended c, else 0.
+func (c *wsConn) read(buf []byte) int {
+	n, err := unix.Read(c.fd, buf)
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		// Nothing after all; level-triggered epoll reports it again.
+	case err != nil:
+		return c.fail(err)
+	case n == 0:
+		return c.fail(io.EOF)
+	default:
+		if err := c.feed(buf[:n], time.Now()); err != nil {
+			return c.fail(err)
+		}
+	}
+	return 0
+}
+
+// fail ends c after an error. A close frame is answered as gorilla does
+// and its code returned, for the caller to pass to onClose once c.mu is
+// released: onClose takes the worker's mutex, which the "close" command
+// holds while it waits for c.mu. Anything else (EOF, a reset, a protocol
+// error) returns 0: nothing is recorded, as with gorilla's non-close errors.
+// c.mu is held.
+func (c *wsConn) fail(err error) (code int) {
+	if ce, ok := err.(*wsCloseError); ok {
+		code = ce.code
+		var payload []byte
+		if ce.code != 1005 { // "no status" is answered with an empty close
+			payload = binary.BigEndian.AppendUint16(nil, uint16(ce.code))
+		}
+		c.write(appendMasked(nil, opClose, payload))
+	}
+	c.p.closeLocked(c)
+	return code
+}
+
+// Close closes c; the worker's "close" command calls it from its own
+// goroutine, so it waits for the loop to be done with c.
+func (c *wsConn) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.dead {
+		c.p.closeLocked(c)
+	}
+	return nil
+}
+
+// closeLocked takes c out of epoll before its fd is closed (a closed fd
+// number may be reused at once), then out of the table. c.mu is held.
+func (p *wsPoller) closeLocked(c *wsConn) {
+	if c.id >= 0 {
+		unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
+	}
+	c.dead = true
+	if c.id >= 0 {
+		p.mu.Lock()
+		p.conns[c.id] = nil
+		p.mu.Unlock()
+	}
+	c.conn.Close()
+	c.pend, c.frag = nil, nil
+}
+
+// dial opens a WebSocket to addr (HTTP path, query included) from laddr,
+// sends join as a text frame and waits for the first message, which must
+// contain "joined_project"; then the poller reads the connection. The
+// handshake is done here on the raw connection, not by gorilla, so that no
+// byte after the join reply can be left in a reader the poller never sees.
+func (p *wsPoller) dial(addr, path string, laddr *net.TCPAddr, join []byte, timeout time.Duration) (*wsConn, error) {
+	d := net.Dialer{LocalAddr: laddr, Timeout: timeout}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c, err := p.newConn(nc.(*net.TCPConn))
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	c.mu.Lock()
+	err = c.handshake(addr, path, join, timeout)
+	switch {
+	case err != nil && !c.joined:
+		p.closeLocked(c)
+		c.mu.Unlock()
+		return nil, err
+	case err != nil:
+		// The server closed right after the join reply: an opened
+		// connection that was then closed, as with a reader goroutine.
+		code := c.fail(err)
+		c.mu.Unlock()
+		if code != 0 {
+			p.onClose(code)
+		}
+		return c, nil
+	}
+	err = p.add(c)
+	if err != nil {
+		p.closeLocked(c)
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// newConn wraps a connected socket; the loop reads its fd directly, and
+// nobody calls Read on nc once the handshake is done.
+func (p *wsPoller) newConn(nc *net.TCPConn) (*wsConn, error) {
+	c := &wsConn{p: p, id: -1, fd: -1, conn: nc}
+	rc, err := nc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	if err := rc.Control(func(fd uintptr) { c.fd = int(fd) }); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// add registers c with the loop: in the table first, so that its first
+// event finds it.
+func (p *wsPoller) add(c *wsConn) error {
+	p.mu.Lock()
+	c.id = len(p.conns)
+	p.conns = append(p.conns, c)
+	p.mu.Unlock()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(c.id)}
+	return unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev)
+}
+
+// handshake upgrades c (RFC 6455 4.1), sends join and reads until the join
+// reply. Everything read goes through feed, so the messages that came with
+// the reply are handled in order, before the poller reads the rest.
+func (c *wsConn) handshake(addr, path string, join []byte, timeout time.Duration) error {
+	nc := c.conn
+	nc.SetDeadline(time.Now().Add(timeout))
+	var k [16]byte
+	rand.Read(k[:])
+	key := base64.StdEncoding.EncodeToString(k[:])
+	req := "GET " + path + " HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: " + key + "\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	if _, err := io.WriteString(nc, req); err != nil {
+		return err
+	}
+	br := bufio.NewReaderSize(nc, 1024)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	switch {
+	case resp.StatusCode != http.StatusSwitchingProtocols:
+		return fmt.Errorf("websocket: bad handshake: HTTP %d", resp.StatusCode)
+	case !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket"),
+		!strings.Contains(strings.ToLower(resp.Header.Get("Connection")), "upgrade"):
+		return errors.New("websocket: bad handshake: no upgrade")
+	case resp.Header.Get("Sec-WebSocket-Accept") != wsAccept(key):
+		return errors.New("websocket: bad handshake: wrong Sec-WebSocket-Accept")
+	case resp.Header.Get("Sec-WebSocket-Extensions") != "":
+		return errors.New("websocket: bad handshake: extension not offered")
+	}
+	if _, err := nc.Write(appendMasked(nil, opText, join)); err != nil {
+		return err
+	}
+	for !c.joined {
+		if br.Buffered() == 0 {
+			if _, err := br.Peek(1); err != nil {
+				return fmt.Errorf("join: %v", err)
+			}
+		}
+		b, _ := br.Peek(br.Buffered())
+		err := c.feed(b, time.Now())
+		br.Discard(len(b))
+		if err != nil {
+			if c.joined {
+				return err
+			}
+			return fmt.Errorf("join: %v", err)
+		}
+	}
+	// br is empty: every byte read so far went through feed.
+	nc.SetDeadline(time.Time{})
+	return nil
+}
+
+// wsAccept is the Sec-WebSocket-Accept the server must answer key with.
+func wsAccept(key string) string {
+	h := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	return base64.StdEncoding.EncodeToString(h[:])
+}
+
+// feed handles the frames in data, which follows the bytes fed before; a
+// frame that does not end in data is kept in c.pend. It stops at a close
+// frame (a *wsCloseError) or any other error. c.mu is held.
+func (c *wsConn) feed(data []byte, now time.Time) error {
+	// First finish the frame left incomplete by the last read, taking from
+	// data only the bytes it needs.
+	for len(c.pend) > 0 {
+		hdr, n, err := frameLen(c.pend)
+		if err != nil {
+			return err
+		}
+		if len(c.pend) < n {
+			if len(data) == 0 {
+				return nil
+			}
+			if hdr > 0 && cap(c.pend) < n {
+				c.pend = append(make([]byte, 0, n), c.pend...)
+			}
+			k := min(n-len(c.pend), len(data))
+			c.pend = append(c.pend, data[:k]...)
+			data = data[k:]
+			continue
+		}
+		err = c.frame(c.pend[0], c.pend[hdr:n], now)
+		c.pend = c.pend[:0]
+		if cap(c.pend) > 4<<10 { // do not keep a big message's buffer
+			c.pend = nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	// Then the frames of data in place: most reads hold whole frames.
+	for len(data) > 0 {
+		hdr, n, err := frameLen(data)
+		if err != nil {
+			return err
+		}
+		if len(data) < n {
+			if hdr > 0 && cap(c.pend) < n {
+				c.pend = make([]byte, 0, n)
+			}
+			c.pend = append(c.pend[:0], data...)
+			return nil
+		}
+		if err := c.frame(data[0], data[hdr:n], now); err != nil {
+			return err
+		}
+		data = data[n:]
+	}
+	return nil
+}
+
+// frameLen reads the frame header at the start of b: hdr is its length and
+// n the whole frame's; while the header is incomplete, hdr is 0 and n the
+// length that header needs so far.
+func frameLen(b []byte) (hdr, n int, err error) {
+	if len(b) < 2 {
+		return 0, 2, nil
+	}
+	if b[1]&0x80 != 0 { // a client must fail on a masked frame (RFC 6455 5.1)
+		return 0, 0, errMasked
+	}
+	hdr = 2
+	switch b[1] & 0x7f {
+	case 126:
+		hdr = 4
+	case 127:
+		hdr = 10
+	}
+	if len(b) < hdr {
+		return 0, hdr, nil
+	}
+	var size uint64
+	switch hdr {
+	case 2:
+		size = uint64(b[1] & 0x7f)
+	case 4:
+		size = uint64(binary.BigEndian.Uint16(b[2:]))
+	default:
+		size = binary.BigEndian.Uint64(b[2:])
+	}
+	if size > maxFrame {
+		return 0, 0, errTooBig
+	}
+	return hdr, hdr + int(size), nil
+}
+
+// frame handles one complete frame whose first byte is b0. c.mu is held.
+func (c *wsConn) frame(b0 byte, payload []byte, now time.Time) error {
+	if b0&0x70 != 0 { // RSV1 would be permessage-deflate, which was not offered
+		return errRSV
+	}
+	fin := b0&0x80 != 0
+	switch op := b0 & 0x0f; op {
+	case opText, opBinary:
+		if c.fragOp != 0 {
+			return errFragment
+		}
+		if fin {
+			return c.message(payload, now)
+		}
+		c.fragOp = op
+		c.frag = append(c.frag[:0], payload...)
+	case opCont:
+		if c.fragOp == 0 {
+			return errFragment
+		}
+		if len(c.frag)+len(payload) > maxFrame {
+			return errTooBig
+		}
+		c.frag = append(c.frag, payload...)
+		if fin {
+			msg := c.frag
+			c.fragOp, c.frag = 0, nil
+			return c.message(msg, now)
+		}
+	case opClose, opPing, opPong:
+		if !fin || len(payload) > 125 {
+			return errControl
+		}
+		switch op {
+		case opClose:
+			code := 1005 // no status code (RFC 6455 7.1.5)
+			if len(payload) >= 2 {
+				code = int(binary.BigEndian.Uint16(payload))
+			}
+			return &wsCloseError{code}
+		case opPing:
+			// The server closes a connection silent for 60 s.
+			var b [6 + 125]byte
+			return c.write(appendMasked(b[:0], opPong, payload))
+		}
+	default:
+		return errOpcode
+	}
+	return nil
+}
+
+// message handles a whole data message: the first is the join reply.
+func (c *wsConn) message(msg []byte, now time.Time) error {
+	if !c.joined {
+		if !bytes.Contains(msg, []byte("joined_project")) {
+			return fmt.Errorf("not joined: %.100s", msg)
+		}
+		c.joined = true
+		return nil
+	}
+	c.p.onEvent(msg, &c.last, now)
+	return nil
+}
+
+// write sends a small control frame. It tries a non-blocking write so that
+// the loop does not wait on one connection; a full socket buffer falls back
+// to a blocking write. c.mu is held.
+func (c *wsConn) write(b []byte) error {
+	n, err := unix.Write(c.fd, b)
+	if err == nil && n == len(b) {
+		return nil
+	}
+	if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+		return err
+	}
+	n = max(n, 0)
+	c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, err = c.conn.Write(b[n:])
+	c.conn.SetWriteDeadline(time.Time{})
+	return err
+}
+
+// appendMasked appends a final client frame: clients mask every frame
+// (RFC 6455 5.3).
+func appendMasked(dst []byte, op byte, payload []byte) []byte {
+	dst = append(dst, 0x80|op)
+	switch n := len(payload); {
+	case n < 126:
+		dst = append(dst, 0x80|byte(n))
+	case n < 1<<16:
+		dst = append(dst, 0x80|126, byte(n>>8), byte(n))
+	default:
+		dst = append(dst, 0x80|127)
+		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
+	}
+	key := mrand.Uint32() | 1 // never the all-zero key that masks nothing
+	var k [4]byte
+	binary.BigEndian.PutUint32(k[:], key)
+	dst = append(dst, k[:]...)
+	for i, b := range payload {
+		dst = append(dst, b^k[i&3])
+	}
+	return dst
+}

@@ -1,0 +1,638 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// serverFrame builds an unmasked server frame; len64 forces the 64-bit
+// length form even for a short payload.
+func serverFrame(b0 byte, payload []byte, len64 bool) []byte {
+	f := []byte{b0}
+	switch n := len(payload); {
+	case len64 || n >= 1<<16:
+		f = append(f, 127)
+		f = binary.BigEndian.AppendUint64(f, uint64(n))
+	case n >= 126:
+		f = append(f, 126, byte(n>>8), byte(n))
+	default:
+		f = append(f, byte(n))
+	}
+	return append(f, payload...)
+}
+
+// recorder collects what a poller reports.
+type recorder struct {
+	mu     sync.Mutex
+	msgs   []string
+	lasts  []*int64
+	closes []int
+}
+
+func (r *recorder) onEvent(msg []byte, last *int64, _ time.Time) {
+	r.mu.Lock()
+	r.msgs = append(r.msgs, string(msg))
+	r.lasts = append(r.lasts, last)
+	r.mu.Unlock()
+}
+
+func (r *recorder) onClose(code int) {
+	r.mu.Lock()
+	r.closes = append(r.closes, code)
+	r.mu.Unlock()
+}
+
+func (r *recorder) snapshot() ([]string, []int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.msgs...), append([]int(nil), r.closes...)
+}
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (client *net.TCPConn, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-accepted
+	t.Cleanup(func() { c.Close(); server.Close() })
+	return c.(*net.TCPConn), server
+}
+
+// parserConn is a joined connection that is not registered with epoll: the
+// test feeds it; its pongs go to the returned peer.
+func parserConn(t *testing.T, r *recorder) (*wsConn, net.Conn) {
+	t.Helper()
+	client, peer := tcpPair(t)
+	p := &wsPoller{onEvent: r.onEvent, onClose: r.onClose}
+	c, err := p.newConn(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.joined = true
+	return c, peer
+}
+
+// unmask reads one masked client frame from r and returns its first byte
+// and unmasked payload, checking that the payload was really masked.
+func unmask(t *testing.T, r io.Reader) (byte, []byte) {
+	t.Helper()
+	var h [2]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		t.Fatal(err)
+	}
+	if h[1]&0x80 == 0 {
+		t.Fatalf("client frame not masked: % x", h)
+	}
+	n := int(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var l [2]byte
+		io.ReadFull(r, l[:])
+		n = int(binary.BigEndian.Uint16(l[:]))
+	case 127:
+		var l [8]byte
+		io.ReadFull(r, l[:])
+		n = int(binary.BigEndian.Uint64(l[:]))
+	}
+	var key [4]byte
+	io.ReadFull(r, key[:])
+	masked := make([]byte, n)
+	if _, err := io.ReadFull(r, masked); err != nil {
+		t.Fatal(err)
+	}
+	out := make([]byte, n)
+	for i := range masked {
+		out[i] = masked[i] ^ key[i&3]
+	}
+	if n >= 4 && bytes.Equal(masked, out) {
+		t.Fatalf("payload sent in clear with key % x", key)
+	}
+	return h[0], out
+}
+
+func TestFrameParserSplits(t *testing.T) {
+	long := strings.Repeat("0123456789", 30) // 300 bytes: 16-bit length
+	var stream []byte
+	stream = append(stream, serverFrame(0x81, []byte(`{"seq":1}`), false)...)
+	stream = append(stream, serverFrame(0x81, []byte(long), false)...)
+	stream = append(stream, serverFrame(0x81, []byte(`sixty-four`), true)...) // 64-bit length form
+	stream = append(stream, serverFrame(0x89, []byte("ping-1"), false)...)
+	// A fragmented message with a ping and a pong between its fragments.
+	stream = append(stream, serverFrame(0x01, []byte("ab"), false)...)
+	stream = append(stream, serverFrame(0x89, []byte("ping-2"), false)...)
+	stream = append(stream, serverFrame(0x00, []byte("cd"), false)...)
+	stream = append(stream, serverFrame(0x8a, []byte("unasked"), false)...)
+	stream = append(stream, serverFrame(0x80, []byte("ef"), false)...)
+	stream = append(stream, serverFrame(0x81, nil, false)...) // an empty message
+	stream = append(stream, serverFrame(0x88, []byte{0x0f, 0xa1, 'b', 'y', 'e'}, false)...)
+	stream = append(stream, serverFrame(0x81, []byte("after close"), false)...)
+	wantMsgs := []string{`{"seq":1}`, long, "sixty-four", "abcdef", ""}
+	wantPongs := []string{"ping-1", "ping-2"}
+
+	check := func(t *testing.T, chunks [][]byte) {
+		t.Helper()
+		r := &recorder{}
+		c, peer := parserConn(t, r)
+		var err error
+		for _, ch := range chunks {
+			if err = c.feed(ch, time.Now()); err != nil {
+				break
+			}
+		}
+		ce, ok := err.(*wsCloseError)
+		if !ok || ce.code != 4001 {
+			t.Fatalf("feed ended with %v, want close 4001", err)
+		}
+		msgs, _ := r.snapshot()
+		if fmt.Sprint(msgs) != fmt.Sprint(wantMsgs) {
+			t.Fatalf("messages %q, want %q", msgs, wantMsgs)
+		}
+		for _, last := range r.lasts {
+			if last != &c.last {
+				t.Fatal("onEvent not given the connection's last seq")
+			}
+		}
+		peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for _, want := range wantPongs {
+			b0, payload := unmask(t, peer)
+			if b0 != 0x8a || string(payload) != want {
+				t.Fatalf("pong %#x %q, want 0x8a %q", b0, payload, want)
+			}
+		}
+	}
+	t.Run("whole", func(t *testing.T) { check(t, [][]byte{stream}) })
+	t.Run("every split", func(t *testing.T) {
+		for i := 0; i <= len(stream); i++ {
+			check(t, [][]byte{stream[:i], stream[i:]})
+		}
+	})
+	t.Run("byte by byte", func(t *testing.T) {
+		var chunks [][]byte
+		for i := range stream {
+			chunks = append(chunks, stream[i:i+1])
+		}
+		check(t, chunks)
+	})
+}
+
+func TestFrameParserBigMessages(t *testing.T) {
+	big := bytes.Repeat([]byte("x"), 70000) // 64-bit length
+	mid := bytes.Repeat([]byte("y"), 65535) // the largest 16-bit length
+	var stream []byte
+	for range 3 {
+		stream = append(stream, serverFrame(0x81, big, false)...)
+		stream = append(stream, serverFrame(0x81, mid, false)...)
+		stream = append(stream, serverFrame(0x81, []byte("small"), false)...)
+	}
+	for _, size := range []int{1000, 4096, 65536, 100000, len(stream)} {
+		r := &recorder{}
+		c, _ := parserConn(t, r)
+		for off := 0; off < len(stream); off += size {
+			if err := c.feed(stream[off:min(off+size, len(stream))], time.Now()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		msgs, _ := r.snapshot()
+		if len(msgs) != 9 {
+			t.Fatalf("chunks of %d: %d messages", size, len(msgs))
+		}
+		for i, m := range msgs {
+			want := [][]byte{big, mid, []byte("small")}[i%3]
+			if m != string(want) {
+				t.Fatalf("chunks of %d: message %d is %d bytes, want %d", size, i, len(m), len(want))
+			}
+		}
+		if len(c.pend) != 0 || cap(c.pend) > 4<<10 {
+			t.Fatalf("chunks of %d: %d pending bytes, cap %d kept", size, len(c.pend), cap(c.pend))
+		}
+	}
+}
+
+func TestFrameParserCloseAndErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		code  int    // a close frame's code
+		err   string // else the error
+	}{
+		{"close without code", serverFrame(0x88, nil, false), 1005, ""},
+		{"close 1000", serverFrame(0x88, []byte{0x03, 0xe8}, false), 1000, ""},
+		{"close 4001 with reason", serverFrame(0x88, []byte{0x0f, 0xa1, 's', 'l', 'o', 'w'}, false), 4001, ""},
+		{"compressed", serverFrame(0xc1, []byte("x"), false), 0, "RSV"},
+		{"masked", []byte{0x81, 0x81, 1, 2, 3, 4, 'x'}, 0, "masked"},
+		{"fragmented ping", serverFrame(0x09, []byte("x"), false), 0, "control"},
+		{"long ping", serverFrame(0x89, make([]byte, 126), false), 0, "control"},
+		{"continuation first", serverFrame(0x80, []byte("x"), false), 0, "fragmentation"},
+		{"opcode 3", serverFrame(0x83, []byte("x"), false), 0, "opcode"},
+		{"huge length", []byte{0x81, 127, 0x7f, 0, 0, 0, 0, 0, 0, 0}, 0, "too big"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &recorder{}
+			c, _ := parserConn(t, r)
+			err := c.feed(tc.frame, time.Now())
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if ce, ok := err.(*wsCloseError); !ok || ce.code != tc.code {
+				t.Fatalf("got %v, want close %d", err, tc.code)
+			}
+		})
+	}
+	// A text frame inside a fragmented message.
+	r := &recorder{}
+	c, _ := parserConn(t, r)
+	c.feed(serverFrame(0x01, []byte("a"), false), time.Now())
+	if err := c.feed(serverFrame(0x81, []byte("b"), false), time.Now()); err != errFragment {
+		t.Fatalf("text inside a fragmented message: %v", err)
+	}
+}
+
+func TestAppendMasked(t *testing.T) {
+	for _, n := range []int{0, 5, 125, 126, 65535, 65536} {
+		payload := bytes.Repeat([]byte{'p'}, n)
+		f := appendMasked(nil, opText, payload)
+		b0, got := unmask(t, bytes.NewReader(f))
+		if b0 != 0x81 || !bytes.Equal(got, payload) {
+			t.Fatalf("%d bytes: %#x, %d bytes back", n, b0, len(got))
+		}
+	}
+}
+
+// wsTestServer is a gorilla server that answers the join, then runs script
+// on the connection; errors go to errs.
+func wsTestServer(t *testing.T, script func(c *websocket.Conn) error) (addr string, errs chan error) {
+	t.Helper()
+	errs = make(chan error, 100)
+	up := websocket.Upgrader{WriteBufferSize: 256} // NextWriter fragments above 256 bytes
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("token") != "tok" {
+			http.Error(w, "no token", http.StatusUnauthorized)
+			return
+		}
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			errs <- err
+			return
+		}
+		defer c.Close()
+		_, join, err := c.ReadMessage()
+		if err != nil || !bytes.Contains(join, []byte(`"join_project"`)) {
+			errs <- fmt.Errorf("join: %v %s", err, join)
+			return
+		}
+		if err := script(c); err != nil {
+			errs <- err
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), errs
+}
+
+func TestDialEndToEnd(t *testing.T) {
+	const n = 200
+	sent := make([]string, 0, n+2)
+	for i := 1; i <= n; i++ {
+		sent = append(sent, fmt.Sprintf(`{"event":"story_processed","seq":%d,"data":{"i":%d}}`, i, i))
+	}
+	big := `{"seq":201,"pad":"` + strings.Repeat("z", 70000) + `"}`
+	frag := `{"seq":202,"pad":"` + strings.Repeat("f", 1000) + `"}`
+	sent = append(sent, big, frag)
+	pong := make(chan string, 1)
+	closeEcho := make(chan int, 1)
+	addr, errs := wsTestServer(t, func(c *websocket.Conn) error {
+		// The reply and the first messages in one write, as a busy
+		// server's buffered writes arrive: none may be stranded.
+		nw, _ := c.NextWriter(websocket.TextMessage)
+		io.WriteString(nw, `{"event":"joined_project","ack":1}`)
+		nw.Close()
+		for _, m := range sent[:n] {
+			if err := c.WriteMessage(websocket.TextMessage, []byte(m)); err != nil {
+				return err
+			}
+		}
+		c.WriteMessage(websocket.TextMessage, []byte(big)) // one frame, 64-bit length
+		nw, _ = c.NextWriter(websocket.TextMessage)        // continuation frames
+		io.WriteString(nw, frag)
+		nw.Close()
+		c.SetPongHandler(func(s string) error { pong <- s; return nil })
+		c.SetCloseHandler(func(code int, _ string) error { closeEcho <- code; return nil })
+		go func() {
+			for {
+				if _, _, err := c.ReadMessage(); err != nil {
+					return
+				}
+			}
+		}()
+		c.WriteControl(websocket.PingMessage, []byte("are you there"), time.Now().Add(time.Second))
+		select {
+		case s := <-pong:
+			if s != "are you there" {
+				return fmt.Errorf("pong %q", s)
+			}
+		case <-time.After(5 * time.Second):
+			return fmt.Errorf("no pong")
+		}
+		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4001, "too slow"), time.Now().Add(time.Second))
+		select {
+		case code := <-closeEcho:
+			if code != 4001 {
+				return fmt.Errorf("close echo %d", code)
+			}
+		case <-time.After(5 * time.Second):
+			return fmt.Errorf("no close echo")
+		}
+		time.Sleep(100 * time.Millisecond) // let the client close first
+		return nil
+	})
+	r := &recorder{}
+	p, err := newWSPoller(r.onEvent, r.onClose)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop()
+	join := []byte(`{"event":"join_project","data":{"projectId":"room-0"},"ack":1}`)
+	c, err := p.dial(addr, "/ws?token=tok", localAddr(0), join, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		_, closes := r.snapshot()
+		if len(closes) > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	select {
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+	msgs, closes := r.snapshot()
+	if len(msgs) != len(sent) {
+		t.Fatalf("%d messages, want %d", len(msgs), len(sent))
+	}
+	for i := range sent {
+		if msgs[i] != sent[i] {
+			t.Fatalf("message %d: %.80q, want %.80q", i, msgs[i], sent[i])
+		}
+	}
+	if fmt.Sprint(closes) != "[4001]" {
+		t.Fatalf("closes %v, want [4001]", closes)
+	}
+	c.mu.Lock()
+	dead := c.dead
+	c.mu.Unlock()
+	p.mu.Lock()
+	slot := p.conns[c.id]
+	p.mu.Unlock()
+	if !dead || slot != nil {
+		t.Fatalf("after the close frame: dead %v, table slot %v", dead, slot)
+	}
+	c.Close() // the worker's "close" on a closed connection is harmless
+}
+
+func TestDialRejects(t *testing.T) {
+	addr, _ := wsTestServer(t, func(c *websocket.Conn) error {
+		return c.WriteMessage(websocket.TextMessage, []byte(`{"event":"error"}`))
+	})
+	r := &recorder{}
+	p, err := newWSPoller(r.onEvent, r.onClose)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop()
+	join := []byte(`{"event":"join_project"}`)
+	if _, err := p.dial(addr, "/ws?token=bad", localAddr(1), join, 5*time.Second); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("bad token: %v", err)
+	}
+	if _, err := p.dial(addr, "/ws?token=tok", localAddr(1), join, 5*time.Second); err == nil || !strings.Contains(err.Error(), "not joined") {
+		t.Fatalf("no join reply: %v", err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.conns) != 0 {
+		t.Fatalf("failed dials registered %d connections", len(p.conns))
+	}
+}
+
+// TestPollerCloseRace closes connections from another goroutine, as the
+// worker's "close" command does, while the loop reads them; the server's
+// EOFs and the reused fd numbers must not reach a wrong connection.
+func TestPollerCloseRace(t *testing.T) {
+	stopSending := make(chan struct{})
+	addr, _ := wsTestServer(t, func(c *websocket.Conn) error {
+		c.WriteMessage(websocket.TextMessage, []byte(`{"event":"joined_project"}`))
+		for seq := 1; ; seq++ {
+			select {
+			case <-stopSending:
+				return nil // the handler's Close: an EOF without a close frame
+			default:
+			}
+			if err := c.WriteMessage(websocket.TextMessage, fmt.Appendf(nil, `{"seq":%d}`, seq)); err != nil {
+				return nil
+			}
+			time.Sleep(time.Millisecond)
+		}
+	})
+	var mu sync.Mutex
+	lastSeq := map[*int64]int64{}
+	var bad []string
+	onEvent := func(msg []byte, last *int64, _ time.Time) {
+		seq := jsonInt(msg, `"seq":`)
+		mu.Lock()
+		if seq != lastSeq[last]+1 {
+			bad = append(bad, fmt.Sprintf("seq %d after %d", seq, lastSeq[last]))
+		}
+		lastSeq[last] = seq
+		mu.Unlock()
+		*last = seq
+	}
+	var closes sync.Map
+	p, err := newWSPoller(onEvent, func(code int) { closes.Store(code, true) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop()
+	join := []byte(`{"event":"join_project"}`)
+	open := func(k int) []*wsConn {
+		var cs []*wsConn
+		for i := range k {
+			c, err := p.dial(addr, "/ws?token=tok", localAddr(i), join, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cs = append(cs, c)
+		}
+		return cs
+	}
+	for round := range 3 {
+		cs := open(20)
+		time.Sleep(30 * time.Millisecond)
+		var wg sync.WaitGroup
+		for _, c := range cs {
+			wg.Add(1)
+			go func() { defer wg.Done(); c.Close() }()
+		}
+		wg.Wait()
+		p.mu.Lock()
+		for _, c := range cs {
+			if !c.dead || p.conns[c.id] != nil {
+				t.Fatalf("round %d: connection %d still live", round, c.id)
+			}
+		}
+		p.mu.Unlock()
+	}
+	// The server ends the rest: EOFs without close frames record nothing.
+	cs := open(10)
+	time.Sleep(30 * time.Millisecond)
+	close(stopSending)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		live := 0
+		for _, c := range cs {
+			c.mu.Lock()
+			if !c.dead {
+				live++
+			}
+			c.mu.Unlock()
+		}
+		if live == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections still open after the server's EOF", live)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(bad) > 0 {
+		t.Fatalf("out of order: %v", bad[:min(len(bad), 5)])
+	}
+	if len(lastSeq) != 70 {
+		t.Fatalf("%d connections got events, want 70", len(lastSeq))
+	}
+	closes.Range(func(k, _ any) bool { t.Errorf("close %v recorded for an EOF", k); return true })
+}
+
+// TestDialOneWrite: the server sends the 101, the join reply, messages and a
+// close in one write, so they all arrive in the handshake's first read.
+func TestDialOneWrite(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
+		}
+		out := []byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+			"Sec-WebSocket-Accept: " + wsAccept(req.Header.Get("Sec-WebSocket-Key")) + "\r\n\r\n")
+		out = append(out, serverFrame(0x81, []byte(`{"event":"joined_project"}`), false)...)
+		out = append(out, serverFrame(0x81, []byte(`{"seq":1}`), false)...)
+		out = append(out, serverFrame(0x89, []byte("p"), false)...)
+		out = append(out, serverFrame(0x81, []byte(`{"seq":2}`), false)...)
+		out = append(out, serverFrame(0x88, []byte{0x0f, 0xa1}, false)...)
+		c.Write(out)
+		io.Copy(io.Discard, c) // until the client closes
+	}()
+	r := &recorder{}
+	p, err := newWSPoller(r.onEvent, r.onClose)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop()
+	c, err := p.dial(ln.Addr().String(), "/ws", localAddr(0), []byte(`{}`), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, closes := r.snapshot()
+	if fmt.Sprint(msgs) != `[{"seq":1} {"seq":2}]` || fmt.Sprint(closes) != "[4001]" {
+		t.Fatalf("messages %q closes %v", msgs, closes)
+	}
+	if !c.dead {
+		t.Fatal("connection open after the close frame")
+	}
+}
+
+// TestCloseWhileOnClose: the worker's "close" command holds the worker's
+// mutex while it closes connections, and onClose takes that mutex; a close
+// frame handled meanwhile must not hold the connection's lock in onClose.
+func TestCloseWhileOnClose(t *testing.T) {
+	sendClose := make(chan struct{})
+	addr, _ := wsTestServer(t, func(c *websocket.Conn) error {
+		c.WriteMessage(websocket.TextMessage, []byte(`{"event":"joined_project"}`))
+		<-sendClose
+		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4001, ""), time.Now().Add(time.Second))
+		c.ReadMessage() // the echo
+		return nil
+	})
+	var workerMu sync.Mutex // the worker's w.mu
+	closes := map[int]int{} // the worker's w.closes
+	inOnClose := make(chan struct{})
+	p, err := newWSPoller(func([]byte, *int64, time.Time) {}, func(code int) {
+		close(inOnClose)
+		workerMu.Lock()
+		closes[code]++
+		workerMu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop()
+	c, err := p.dial(addr, "/ws?token=tok", localAddr(0), []byte(`{"event":"join_project"}`), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	workerMu.Lock() // "close" begins
+	close(sendClose)
+	select {
+	case <-inOnClose: // the loop now waits for workerMu
+	case <-time.After(5 * time.Second):
+		t.Fatal("no close frame")
+	}
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	select {
+	case <-closed:
+		workerMu.Unlock()
+	case <-time.After(5 * time.Second):
+		workerMu.Unlock() // lets the test end
+		t.Fatal("Close blocked on the loop, which waits in onClose: deadlock")
+	}
+	p.stop() // waits for the loop, so onClose has returned
+	if closes[4001] != 1 {
+		t.Fatalf("closes %v, want 4001 once", closes)
+	}
+}
