@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/gorilla/websocket"
 	"golang.org/x/sys/unix"
@@ -170,7 +171,9 @@ func writeNow(fd int, bufs [][]byte) (int, error) {
 		var n int
 		var err error
 		if len(bufs) == 1 {
-			n, err = unix.Write(fd, bufs[0])
+			// send, not write: a shorter way into the socket than the
+			// file layer, and no SIGPIPE for a peer that is gone.
+			n, err = send(fd, bufs[0])
 		} else {
 			n, err = unix.Writev(fd, bufs)
 		}
@@ -185,6 +188,17 @@ func writeNow(fd int, bufs [][]byte) (int, error) {
 			return 0, err
 		}
 	}
+}
+
+// send is send(2) without waiting: x/sys's Sendto does not return the
+// count, which a stream socket's partial write needs.
+func send(fd int, b []byte) (int, error) {
+	r, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+		unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
 }
 
 // consume drops the first n bytes of bufs.
