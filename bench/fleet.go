@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -228,7 +229,9 @@ func pctOf(values []int64, p float64) float64 {
 	}
 	v := append([]int64(nil), values...)
 	sort.Slice(v, func(i, j int) bool { return v[i] < v[j] })
-	i := int(float64(len(v)-1) * p)
+	// Nearest rank: the smallest value with at least p of them at or
+	// below it (with 20 values, p99 is the largest).
+	i := max(int(math.Ceil(p*float64(len(v))))-1, 0)
 	return float64(v[i]) / 1000
 }
 

@@ -205,8 +205,17 @@ func (w *worker) open() {
 		if v := os.Getenv("BENCH_WS_LOOPS"); v != "" {
 			fmt.Sscanf(v, "%d", &loops)
 		}
+		interval := defaultPollInterval
+		if v := os.Getenv("BENCH_POLL_INTERVAL"); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				fmt.Fprintln(os.Stderr, "worker: BENCH_POLL_INTERVAL:", v, err)
+				os.Exit(2)
+			}
+			interval = d
+		}
 		for range max(loops, 1) {
-			p, err := newWSPoller(w.onEvent, w.onClose)
+			p, err := newWSPoller(interval, w.onEvent, w.onClose)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "worker: epoll:", err)
 				os.Exit(2)

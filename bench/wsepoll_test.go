@@ -4,17 +4,21 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/gorilla/websocket"
+	"golang.org/x/sys/unix"
 )
 
 // serverFrame builds an unmasked server frame; len64 forces the 64-bit
@@ -38,13 +42,17 @@ type recorder struct {
 	mu     sync.Mutex
 	msgs   []string
 	lasts  []*int64
+	nows   []time.Time // the arrival times onEvent was given
+	calls  []time.Time // when onEvent was called
 	closes []int
 }
 
-func (r *recorder) onEvent(msg []byte, last *int64, _ time.Time) {
+func (r *recorder) onEvent(msg []byte, last *int64, now time.Time) {
 	r.mu.Lock()
 	r.msgs = append(r.msgs, string(msg))
 	r.lasts = append(r.lasts, last)
+	r.nows = append(r.nows, now)
+	r.calls = append(r.calls, time.Now())
 	r.mu.Unlock()
 }
 
@@ -316,6 +324,14 @@ func wsTestServer(t *testing.T, script func(c *websocket.Conn) error) (addr stri
 }
 
 func TestDialEndToEnd(t *testing.T) {
+	// 0 is the loop without batching; 20 ms is far above the default, so
+	// that the pong and the close echo wait out a whole sleep.
+	for _, interval := range []time.Duration{0, defaultPollInterval, 20 * time.Millisecond} {
+		t.Run(interval.String(), func(t *testing.T) { testDialEndToEnd(t, interval) })
+	}
+}
+
+func testDialEndToEnd(t *testing.T, interval time.Duration) {
 	const n = 200
 	sent := make([]string, 0, n+2)
 	for i := 1; i <= n; i++ {
@@ -372,7 +388,7 @@ func TestDialEndToEnd(t *testing.T) {
 		return nil
 	})
 	r := &recorder{}
-	p, err := newWSPoller(r.onEvent, r.onClose)
+	p, err := newWSPoller(interval, r.onEvent, r.onClose)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,7 +438,7 @@ func TestDialRejects(t *testing.T) {
 		return c.WriteMessage(websocket.TextMessage, []byte(`{"event":"error"}`))
 	})
 	r := &recorder{}
-	p, err := newWSPoller(r.onEvent, r.onClose)
+	p, err := newWSPoller(defaultPollInterval, r.onEvent, r.onClose)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -474,7 +490,7 @@ func TestPollerCloseRace(t *testing.T) {
 		*last = seq
 	}
 	var closes sync.Map
-	p, err := newWSPoller(onEvent, func(code int) { closes.Store(code, true) })
+	p, err := newWSPoller(defaultPollInterval, onEvent, func(code int) { closes.Store(code, true) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -547,6 +563,9 @@ func TestDialOneWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	waitStamping(t)
+	var wrote [2]time.Time // before and after the server's write
+	written := make(chan struct{})
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
@@ -564,11 +583,14 @@ func TestDialOneWrite(t *testing.T) {
 		out = append(out, serverFrame(0x89, []byte("p"), false)...)
 		out = append(out, serverFrame(0x81, []byte(`{"seq":2}`), false)...)
 		out = append(out, serverFrame(0x88, []byte{0x0f, 0xa1}, false)...)
+		wrote[0] = time.Now()
 		c.Write(out)
+		wrote[1] = time.Now()
+		close(written)
 		io.Copy(io.Discard, c) // until the client closes
 	}()
 	r := &recorder{}
-	p, err := newWSPoller(r.onEvent, r.onClose)
+	p, err := newWSPoller(defaultPollInterval, r.onEvent, r.onClose)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -583,6 +605,13 @@ func TestDialOneWrite(t *testing.T) {
 	}
 	if !c.dead {
 		t.Fatal("connection open after the close frame")
+	}
+	// Read in the handshake, they are still timed by the kernel.
+	<-written
+	for _, now := range r.nows {
+		if now.Before(wrote[0]) || now.After(wrote[1]) {
+			t.Fatalf("arrival %v, not within the server's write %v .. %v", now, wrote[0], wrote[1])
+		}
 	}
 }
 
@@ -601,7 +630,7 @@ func TestCloseWhileOnClose(t *testing.T) {
 	var workerMu sync.Mutex // the worker's w.mu
 	closes := map[int]int{} // the worker's w.closes
 	inOnClose := make(chan struct{})
-	p, err := newWSPoller(func([]byte, *int64, time.Time) {}, func(code int) {
+	p, err := newWSPoller(defaultPollInterval, func([]byte, *int64, time.Time) {}, func(code int) {
 		close(inOnClose)
 		workerMu.Lock()
 		closes[code]++
@@ -634,5 +663,468 @@ func TestCloseWhileOnClose(t *testing.T) {
 	p.stop() // waits for the loop, so onClose has returned
 	if closes[4001] != 1 {
 		t.Fatalf("closes %v, want 4001 once", closes)
+	}
+}
+
+// waitStamping returns once the kernel stamps received packets. The first
+// socket that asks for timestamps turns them on for the whole system in
+// deferred work, so a packet that comes at once may have none; the probe
+// socket stays open for the test, keeping them on.
+func waitStamping(t *testing.T) {
+	t.Helper()
+	c, peer := parserConn(t, &recorder{})
+	b, oob := make([]byte, 8), make([]byte, oobSize)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		peer.Write([]byte{1})
+		time.Sleep(time.Millisecond)
+		if _, at, err := recvStamped(c.fd, b, oob); err == nil && !at.IsZero() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no receive timestamps after 5 s")
+		}
+	}
+}
+
+// stampedPair is a loopback pair whose client end is a wsConn, with the
+// kernel's receive timestamps on, reporting to r.
+func stampedPair(t *testing.T, r *recorder) (*wsConn, net.Conn) {
+	t.Helper()
+	waitStamping(t)
+	c, peer := parserConn(t, r)
+	on, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS)
+	if err != nil || on != 1 {
+		t.Fatalf("SO_TIMESTAMPNS %d, %v after newConn", on, err)
+	}
+	return c, peer
+}
+
+// timedWrite writes b and returns the times around the write.
+func timedWrite(t *testing.T, w io.Writer, b []byte) (before, after time.Time) {
+	t.Helper()
+	before = time.Now()
+	if _, err := w.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	return before, time.Now()
+}
+
+// TestReadStamp: the loop's read times a message by the kernel's receive
+// time of its last byte, not by when it read it.
+func TestReadStamp(t *testing.T) {
+	r := &recorder{}
+	c, peer := stampedPair(t, r)
+	buf, oob := make([]byte, 64<<10), make([]byte, oobSize)
+	read := func() (readAt time.Time) {
+		t.Helper()
+		readAt = time.Now()
+		if code, _ := c.read(buf, oob, false); code != 0 || c.dead {
+			t.Fatalf("read: close %d, dead %v", code, c.dead)
+		}
+		return readAt
+	}
+	check := func(i int, before, after, readAt time.Time) {
+		t.Helper()
+		_, _ = r.snapshot()
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if len(r.nows) != i+1 {
+			t.Fatalf("%d messages, want %d", len(r.nows), i+1)
+		}
+		now := r.nows[i]
+		if now.Before(before) || now.After(after) {
+			t.Fatalf("message %d: arrival %v, not within its write %v .. %v", i, now, before, after)
+		}
+		if readAt.Sub(now) < 40*time.Millisecond {
+			t.Fatalf("message %d: arrival %v only %v before the read: the read's time, not the kernel's", i, now, readAt.Sub(now))
+		}
+	}
+
+	// One message, read 50 ms after it came.
+	before, after := timedWrite(t, peer, serverFrame(0x81, []byte(`{"seq":1}`), false))
+	time.Sleep(50 * time.Millisecond)
+	check(0, before, after, read())
+
+	// Two segments read at once: the message has the later one's time.
+	f := serverFrame(0x81, []byte(`{"seq":2,"pad":"`+strings.Repeat("x", 100)+`"}`), false)
+	timedWrite(t, peer, f[:50])
+	time.Sleep(50 * time.Millisecond)
+	before, after = timedWrite(t, peer, f[50:])
+	time.Sleep(50 * time.Millisecond)
+	check(1, before, after, read())
+
+	// A message straddling two reads: the time of the read that ends it.
+	f = serverFrame(0x81, []byte(`{"seq":3}`), false)
+	timedWrite(t, peer, f[:4])
+	time.Sleep(20 * time.Millisecond)
+	read()
+	before, after = timedWrite(t, peer, f[4:])
+	time.Sleep(50 * time.Millisecond)
+	check(2, before, after, read())
+}
+
+// TestReadWithoutStamp: a socket without SO_TIMESTAMPNS gets no stamp, and
+// the read falls back to its own time.
+func TestReadWithoutStamp(t *testing.T) {
+	r := &recorder{}
+	c, peer := parserConn(t, r)
+	if err := unix.SetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 0); err != nil {
+		t.Fatal(err)
+	}
+	peer.Write(serverFrame(0x81, []byte(`{"seq":1}`), false))
+	time.Sleep(50 * time.Millisecond)
+	oob := make([]byte, oobSize)
+	n, at, err := recvStamped(c.fd, make([]byte, 100), oob)
+	if err != nil || n != 11 || !at.IsZero() {
+		t.Fatalf("recvStamped: %d bytes, stamp %v, %v", n, at, err)
+	}
+	peer.Write(serverFrame(0x81, []byte(`{"seq":2}`), false))
+	time.Sleep(50 * time.Millisecond)
+	readAt := time.Now()
+	c.read(make([]byte, 100), oob, false)
+	msgs, _ := r.snapshot()
+	if len(msgs) != 1 || r.nows[0].Before(readAt) {
+		t.Fatalf("messages %q at %v, want one timed at the read, %v or later", msgs, r.nows, readAt)
+	}
+}
+
+// TestRxTime walks control data as the kernel lays it out: another message
+// before the timestamp, and a truncated one.
+func TestRxTime(t *testing.T) {
+	oob := make([]byte, 128)
+	put := func(off int, typ int32, data []byte) int {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[off]))
+		h.Level, h.Type = unix.SOL_SOCKET, typ
+		h.SetLen(unix.CmsgLen(len(data)))
+		copy(oob[off+unix.CmsgLen(0):], data)
+		return off + unix.CmsgSpace(len(data))
+	}
+	ts := unix.NsecToTimespec(1_700_000_000_123_456_789)
+	tsBytes := unsafe.Slice((*byte)(unsafe.Pointer(&ts)), unsafe.Sizeof(ts))
+	end := put(0, unix.SCM_RIGHTS, []byte{1, 2, 3, 4, 5}) // 5 bytes: padded
+	end = put(end, unix.SCM_TIMESTAMPNS, tsBytes)
+	if got := rxTime(oob[:end]); got.UnixNano() != 1_700_000_000_123_456_789 {
+		t.Fatalf("after another message: %v", got)
+	}
+	if got := rxTime(oob[:end-1]); !got.IsZero() {
+		t.Fatalf("truncated: %v", got)
+	}
+	if got := rxTime(oob[:put(0, unix.SCM_CREDENTIALS, tsBytes)]); !got.IsZero() {
+		t.Fatalf("no timestamp: %v", got)
+	}
+	if got := rxTime(nil); !got.IsZero() {
+		t.Fatalf("empty: %v", got)
+	}
+}
+
+// TestStampedReader: the handshake's reads are timed by the kernel too.
+func TestStampedReader(t *testing.T) {
+	c, peer := stampedPair(t, &recorder{})
+	sr, err := newStampedReader(c.conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, after := timedWrite(t, peer, []byte("HTTP/1.1 101"))
+	time.Sleep(50 * time.Millisecond)
+	readAt := time.Now()
+	b := make([]byte, 100)
+	n, err := sr.Read(b)
+	if err != nil || string(b[:n]) != "HTTP/1.1 101" {
+		t.Fatalf("read %q, %v", b[:n], err)
+	}
+	if sr.at.Before(before) || sr.at.After(after) || readAt.Sub(sr.at) < 40*time.Millisecond {
+		t.Fatalf("stamp %v: write %v .. %v, read %v", sr.at, before, after, readAt)
+	}
+	// Nothing there: it waits in the runtime's poller, under the deadline.
+	c.conn.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if _, err := sr.Read(b); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past the deadline: %v", err)
+	}
+	c.conn.SetReadDeadline(time.Time{})
+	peer.Close()
+	if _, err := sr.Read(b); err != io.EOF {
+		t.Fatalf("read after the peer closed: %v", err)
+	}
+}
+
+// TestReadAllocs: reading and handling whole messages allocates nothing.
+func TestReadAllocs(t *testing.T) {
+	var got int
+	var stamped bool
+	p := &wsPoller{onEvent: func(_ []byte, _ *int64, now time.Time) {
+		got++
+		stamped = now.Before(time.Now().Add(-time.Microsecond)) || stamped
+	}}
+	waitStamping(t)
+	client, peer := tcpPair(t)
+	c, err := p.newConn(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.joined = true
+	frame := serverFrame(0x81, []byte(`{"event":"story_processed","seq":1}`), false)
+	pfd := rawFD(t, peer.(*net.TCPConn))
+	buf, oob := make([]byte, 64<<10), make([]byte, oobSize)
+	allocs := testing.AllocsPerRun(200, func() {
+		unix.Write(pfd, frame) // loopback: there once the write returns
+		c.read(buf, oob, false)
+	})
+	if allocs != 0 {
+		t.Fatalf("%.1f allocations per read", allocs)
+	}
+	if got < 200 || !stamped {
+		t.Fatalf("%d messages read, stamped %v", got, stamped)
+	}
+}
+
+func rawFD(t *testing.T, c *net.TCPConn) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := -1
+	rc.Control(func(f uintptr) { fd = int(f) })
+	return fd
+}
+
+// TestPollerBatches: with a long interval, a message that comes while the
+// loop sleeps waits for the next round, yet has its arrival time; and the
+// sleep holds up neither Close nor stop.
+func TestPollerBatches(t *testing.T) {
+	waitStamping(t)
+	const interval = 200 * time.Millisecond
+	second := make(chan [2]time.Time, 1)
+	addr, _ := wsTestServer(t, func(c *websocket.Conn) error {
+		c.WriteMessage(websocket.TextMessage, []byte(`{"event":"joined_project"}`))
+		time.Sleep(50 * time.Millisecond) // the loop has the join's round behind it
+		c.WriteMessage(websocket.TextMessage, []byte(`{"seq":1}`))
+		time.Sleep(20 * time.Millisecond) // the loop sleeps after seq 1's round
+		before := time.Now()
+		c.WriteMessage(websocket.TextMessage, []byte(`{"seq":2}`))
+		second <- [2]time.Time{before, time.Now()}
+		c.ReadMessage() // until the client closes
+		return nil
+	})
+	r := &recorder{}
+	p, err := newWSPoller(interval, r.onEvent, r.onClose)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			p.stop()
+		}
+	}()
+	c, err := p.dial(addr, "/ws?token=tok", localAddr(0), []byte(`{"event":"join_project"}`), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := <-second
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if msgs, _ := r.snapshot(); len(msgs) == 2 || time.Now().After(deadline) {
+			break
+		}
+	}
+	r.mu.Lock()
+	if len(r.msgs) != 2 {
+		r.mu.Unlock()
+		t.Fatalf("messages %q", r.msgs)
+	}
+	now, call := r.nows[1], r.calls[1]
+	r.mu.Unlock()
+	if now.Before(w[0]) || now.After(w[1]) {
+		t.Fatalf("seq 2 arrival %v, not within its write %v .. %v", now, w[0], w[1])
+	}
+	if call.Sub(now) < interval/2 {
+		t.Fatalf("seq 2 handled %v after it came: the loop did not sleep", call.Sub(now))
+	}
+	// The loop sleeps now; Close and stop do not wait for it.
+	start := time.Now()
+	c.Close()
+	if d := time.Since(start); d > interval/2 {
+		t.Fatalf("Close took %v", d)
+	}
+	start = time.Now()
+	p.stop()
+	stopped = true
+	if d := time.Since(start); d > interval+100*time.Millisecond {
+		t.Fatalf("stop took %v", d)
+	}
+}
+
+// TestPollerReadsBacklog: a connection with several read buffers waiting
+// and nothing more coming is read to the end, though edge-triggered epoll
+// reports it once; if the peer closed after them, the EOF is read too.
+func TestPollerReadsBacklog(t *testing.T) {
+	t.Run("open", func(t *testing.T) { testPollerReadsBacklog(t, false) })
+	t.Run("then FIN", func(t *testing.T) { testPollerReadsBacklog(t, true) })
+}
+
+func testPollerReadsBacklog(t *testing.T, fin bool) {
+	r := &recorder{}
+	p, err := newWSPoller(defaultPollInterval, r.onEvent, r.onClose)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop()
+	client, peer := tcpPair(t)
+	c, err := p.newConn(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.joined = true
+	var stream []byte
+	n := 0
+	for len(stream) < 300<<10 { // over four of the loop's buffers
+		n++
+		stream = append(stream, serverFrame(0x81, fmt.Appendf(nil, `{"seq":%d,"pad":"%s"}`, n, strings.Repeat("p", 1000)), false)...)
+	}
+	// All of it in the client's receive queue before the loop sees the
+	// socket, so that no later arrival makes a new edge.
+	if err := unix.SetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		peer.Write(stream)
+		if fin {
+			peer.Close()
+		}
+	}()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if q, _ := unix.IoctlGetInt(c.fd, unix.SIOCINQ); q == len(stream) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stream did not arrive")
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // and the FIN
+	c.mu.Lock()
+	err = c.detach()
+	if err == nil {
+		err = p.add(c)
+	}
+	c.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if msgs, _ = r.snapshot(); len(msgs) == n || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(msgs) != n {
+		t.Fatalf("%d of %d messages read", len(msgs), n)
+	}
+	for i, m := range msgs {
+		if jsonInt([]byte(m), `"seq":`) != int64(i+1) {
+			t.Fatalf("message %d: %.30s", i, m)
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // the loop may read the EOF just after
+	c.mu.Lock()
+	dead := c.dead
+	c.mu.Unlock()
+	if dead != fin {
+		t.Fatalf("peer closed %v, connection closed %v", fin, dead)
+	}
+}
+
+// TestDialDetaches: once dialed, the connection's socket is watched by the
+// poller's epoll only, not by the Go runtime's, whose wakeups would undo
+// the batching.
+func TestDialDetaches(t *testing.T) {
+	addr, _ := wsTestServer(t, func(c *websocket.Conn) error {
+		c.WriteMessage(websocket.TextMessage, []byte(`{"event":"joined_project"}`))
+		c.ReadMessage() // until the client closes
+		return nil
+	})
+	p, err := newWSPoller(defaultPollInterval, func([]byte, *int64, time.Time) {}, func(int) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop()
+	c, err := p.dial(addr, "/ws?token=tok", localAddr(0), []byte(`{"event":"join_project"}`), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Every epoll instance of the process lists its fds in fdinfo.
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	watchers := 0
+	for _, e := range fds {
+		if l, _ := os.Readlink("/proc/self/fd/" + e.Name()); l != "anon_inode:[eventpoll]" {
+			continue
+		}
+		info, err := os.ReadFile("/proc/self/fdinfo/" + e.Name())
+		if err != nil {
+			continue // closed meanwhile
+		}
+		for line := range strings.SplitSeq(string(info), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "tfd:" && f[1] == fmt.Sprint(c.fd) {
+				if e.Name() != fmt.Sprint(p.epfd) {
+					t.Fatalf("fd %d is in epoll %s too, not only the poller's %d", c.fd, e.Name(), p.epfd)
+				}
+				watchers++
+			}
+		}
+	}
+	if watchers != 1 {
+		t.Fatalf("fd %d in %d of the poller's epolls, want 1", c.fd, watchers)
+	}
+}
+
+// TestWriteWaits: a pong to a detached connection whose send buffer is full
+// waits for room and goes out whole, after what was queued.
+func TestWriteWaits(t *testing.T) {
+	c, peer := parserConn(t, &recorder{})
+	if err := c.detach(); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(c.fd)
+	unix.SetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4096)
+	unix.SetsockoptInt(rawFD(t, peer.(*net.TCPConn)), unix.SOL_SOCKET, unix.SO_RCVBUF, 4096)
+	// Fill the send buffer, and the peer's receive buffer behind it, till
+	// no more goes.
+	var queued int
+	junk := make([]byte, 4096)
+	for stalled := false; !stalled; time.Sleep(20 * time.Millisecond) {
+		stalled = true
+		for {
+			n, err := unix.Write(c.fd, junk)
+			if err == unix.EAGAIN {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			queued += n
+			stalled = false
+		}
+	}
+	pong := appendMasked(nil, opPong, []byte("still here"))
+	done := make(chan error, 1)
+	go func() { done <- c.write(pong) }()
+	select {
+	case err := <-done:
+		t.Fatalf("write returned %v with the buffers full", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.CopyN(io.Discard, peer, int64(queued)); err != nil {
+		t.Fatal(err)
+	}
+	b0, payload := unmask(t, peer)
+	if b0 != 0x8a || string(payload) != "still here" {
+		t.Fatalf("pong %#x %q", b0, payload)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
