@@ -45,7 +45,7 @@ var fullScale = scale{
 	idleWS: 10000, idleSSE: 10000,
 	capWS: 12000, capSSE: 7000,
 	fanout: 15000, fanoutEvents: 20,
-	tput: []int{10000, 15000}, tputRates: []float64{10, 20, 30, 40, 60, 80}, tputSeconds: 10,
+	tput: []int{10000, 15000}, tputRates: []float64{10, 20, 40, 80, 120, 160, 240}, tputSeconds: 10,
 	latConns: 1000, latRate: 500, latSeconds: 10,
 	churnRounds: 10, churnN: 5000,
 	ingestSeconds: 10, writer: 8,
