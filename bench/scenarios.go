@@ -275,6 +275,8 @@ func churn(ctx context.Context, b *bench) error {
 		}
 		s.saveProfile("heap?gc=1", "heap-churn.pprof")
 		rss, _ := s.rss()
+		heap, _ := s.metric("go_memstats_heap_inuse_bytes")
+		fmt.Fprintf(os.Stderr, "bench: churn round %d: RSS %.1f MiB, heap in use %.1f MiB\n", round, float64(rss)/(1<<20), heap/(1<<20))
 		if round == 1 {
 			firstRSS = rss
 		}
