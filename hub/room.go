@@ -367,7 +367,9 @@ func (r *room) fanout(fs []*Frame, wakes []*Conn) []*Conn {
 const wakesPerWorker = 256
 
 // wakeAll wakes the transports of conns, outside any room lock. A big room's
-// wakes run on all cores at once; each connection is woken by one goroutine,
+// wakes run on all cores at once, taking slices of wakeChunk from a shared
+// cursor, so a core that the scheduler gives less time to does less of the
+// work and all finish together. Each connection is woken by one goroutine,
 // so its frames still go out in order.
 func wakeAll(conns []*Conn) {
 	workers := min(runtime.GOMAXPROCS(0), len(conns)/wakesPerWorker)
@@ -377,19 +379,26 @@ func wakeAll(conns []*Conn) {
 		}
 		return
 	}
-	var wg sync.WaitGroup
-	chunk := (len(conns) + workers - 1) / workers
-	for len(conns) > chunk {
-		part := conns[:chunk]
-		conns = conns[chunk:]
-		wg.Go(func() {
-			for _, c := range part {
+	var next atomic.Int64
+	work := func() {
+		for {
+			end := int(next.Add(wakeChunk))
+			start := end - wakeChunk
+			if start >= len(conns) {
+				return
+			}
+			for _, c := range conns[start:min(end, len(conns))] {
 				c.out.Wake()
 			}
-		})
+		}
 	}
-	for _, c := range conns {
-		c.out.Wake()
+	var wg sync.WaitGroup
+	for range workers - 1 {
+		wg.Go(work)
 	}
+	work()
 	wg.Wait()
 }
+
+// wakeChunk is how many wakes a worker takes from the cursor at a time.
+const wakeChunk = 64
