@@ -388,11 +388,7 @@ func testDialEndToEnd(t *testing.T, interval time.Duration) {
 		return nil
 	})
 	r := &recorder{}
-	p, err := newWSPoller(interval, r.onEvent, r.onClose)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.stop()
+	p := startPoller(t, interval, r.onEvent, r.onClose)
 	join := []byte(`{"event":"join_project","data":{"projectId":"room-0"},"ack":1}`)
 	c, err := p.dial(addr, "/ws?token=tok", localAddr(0), join, 5*time.Second)
 	if err != nil {
@@ -438,11 +434,7 @@ func TestDialRejects(t *testing.T) {
 		return c.WriteMessage(websocket.TextMessage, []byte(`{"event":"error"}`))
 	})
 	r := &recorder{}
-	p, err := newWSPoller(defaultPollInterval, r.onEvent, r.onClose)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.stop()
+	p := startPoller(t, defaultPollInterval, r.onEvent, r.onClose)
 	join := []byte(`{"event":"join_project"}`)
 	if _, err := p.dial(addr, "/ws?token=bad", localAddr(1), join, 5*time.Second); err == nil || !strings.Contains(err.Error(), "401") {
 		t.Fatalf("bad token: %v", err)
@@ -490,11 +482,7 @@ func TestPollerCloseRace(t *testing.T) {
 		*last = seq
 	}
 	var closes sync.Map
-	p, err := newWSPoller(defaultPollInterval, onEvent, func(code int) { closes.Store(code, true) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.stop()
+	p := startPoller(t, defaultPollInterval, onEvent, func(code int) { closes.Store(code, true) })
 	join := []byte(`{"event":"join_project"}`)
 	open := func(k int) []*wsConn {
 		var cs []*wsConn
@@ -590,11 +578,7 @@ func TestDialOneWrite(t *testing.T) {
 		io.Copy(io.Discard, c) // until the client closes
 	}()
 	r := &recorder{}
-	p, err := newWSPoller(defaultPollInterval, r.onEvent, r.onClose)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.stop()
+	p := startPoller(t, defaultPollInterval, r.onEvent, r.onClose)
 	c, err := p.dial(ln.Addr().String(), "/ws", localAddr(0), []byte(`{}`), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -630,16 +614,12 @@ func TestCloseWhileOnClose(t *testing.T) {
 	var workerMu sync.Mutex // the worker's w.mu
 	closes := map[int]int{} // the worker's w.closes
 	inOnClose := make(chan struct{})
-	p, err := newWSPoller(defaultPollInterval, func([]byte, *int64, time.Time) {}, func(code int) {
+	p := startPoller(t, defaultPollInterval, func([]byte, *int64, time.Time) {}, func(code int) {
 		close(inOnClose)
 		workerMu.Lock()
 		closes[code]++
 		workerMu.Unlock()
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.stop()
 	c, err := p.dial(addr, "/ws?token=tok", localAddr(0), []byte(`{"event":"join_project"}`), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -907,16 +887,7 @@ func TestPollerBatches(t *testing.T) {
 		return nil
 	})
 	r := &recorder{}
-	p, err := newWSPoller(interval, r.onEvent, r.onClose)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopped := false
-	defer func() {
-		if !stopped {
-			p.stop()
-		}
-	}()
+	p := startPoller(t, interval, r.onEvent, r.onClose)
 	c, err := p.dial(addr, "/ws?token=tok", localAddr(0), []byte(`{"event":"join_project"}`), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -948,7 +919,6 @@ func TestPollerBatches(t *testing.T) {
 	}
 	start = time.Now()
 	p.stop()
-	stopped = true
 	if d := time.Since(start); d > interval+100*time.Millisecond {
 		t.Fatalf("stop took %v", d)
 	}
@@ -964,11 +934,7 @@ func TestPollerReadsBacklog(t *testing.T) {
 
 func testPollerReadsBacklog(t *testing.T, fin bool) {
 	r := &recorder{}
-	p, err := newWSPoller(defaultPollInterval, r.onEvent, r.onClose)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.stop()
+	p := startPoller(t, defaultPollInterval, r.onEvent, r.onClose)
 	client, peer := tcpPair(t)
 	c, err := p.newConn(client)
 	if err != nil {
@@ -1042,11 +1008,7 @@ func TestDialDetaches(t *testing.T) {
 		c.ReadMessage() // until the client closes
 		return nil
 	})
-	p, err := newWSPoller(defaultPollInterval, func([]byte, *int64, time.Time) {}, func(int) {})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.stop()
+	p := startPoller(t, defaultPollInterval, func([]byte, *int64, time.Time) {}, func(int) {})
 	c, err := p.dial(addr, "/ws?token=tok", localAddr(0), []byte(`{"event":"join_project"}`), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -1127,4 +1089,16 @@ func TestWriteWaits(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// startPoller starts a poller that is stopped when the test ends (stop may
+// also be called before: it runs once).
+func startPoller(t *testing.T, interval time.Duration, onEvent func([]byte, *int64, time.Time), onClose func(int)) *wsPoller {
+	t.Helper()
+	p, err := newWSPoller(interval, onEvent, onClose)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.stop)
+	return p
 }
