@@ -136,33 +136,34 @@ func (c *Conn) Projects() []string {
 
 // enqueue appends f and wakes the transport when the queue was empty.
 func (c *Conn) enqueue(f *Frame, force bool) bool {
-	ok, wake := c.push(f, force)
+	ok, wake := c.push([]*Frame{f}, force)
 	if wake {
 		c.out.Wake()
 	}
 	return ok
 }
 
-// push appends f without waking the transport: a fan-out wakes its members
-// after letting go of the room lock. force skips the queue limit: replays on
-// join and control frames are bounded by their own limits. wake reports that
-// the queue was empty, so the transport needs a Wake.
-func (c *Conn) push(f *Frame, force bool) (ok, wake bool) {
+// push appends frames without waking the transport: a fan-out wakes its
+// members after letting go of the room lock. A connection the frames would
+// take past QueueLimit is aborted with 4001 instead; force skips the limit
+// (replays on join and control frames are bounded by their own limits).
+// wake reports that the queue was empty, so the transport needs a Wake.
+func (c *Conn) push(fs []*Frame, force bool) (ok, wake bool) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		return false, false
 	}
-	if !force && len(c.queue) >= c.hub.opts.QueueLimit {
+	if !force && len(c.queue)+len(fs) > c.hub.opts.QueueLimit {
 		c.closed = true
-		c.discardLocked(1)
+		c.discardLocked(len(fs))
 		c.mu.Unlock()
 		c.hub.metrics.slowClosed.Inc()
 		c.out.Abort(CloseTooSlow, "too slow")
 		return false, false
 	}
 	wake = len(c.queue) == 0
-	c.queue = append(c.queue, f)
+	c.queue = append(c.queue, fs...)
 	c.mu.Unlock()
 	return true, wake
 }
@@ -174,29 +175,6 @@ func (c *Conn) discardLocked(extra int) {
 		c.hub.metrics.Dropped.WithLabelValues(c.Transport).Add(float64(n))
 	}
 	c.queue = nil
-}
-
-// pushRun appends a run of events fanned out together. It reports whether
-// the transport needs a Wake, which the caller gives once it has let go of
-// the room lock.
-func (c *Conn) pushRun(fs []*Frame) (wake bool) {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return false
-	}
-	if len(c.queue)+len(fs) > c.hub.opts.QueueLimit {
-		c.closed = true
-		c.discardLocked(len(fs))
-		c.mu.Unlock()
-		c.hub.metrics.slowClosed.Inc()
-		c.out.Abort(CloseTooSlow, "too slow")
-		return false
-	}
-	wake = len(c.queue) == 0
-	c.queue = append(c.queue, fs...)
-	c.mu.Unlock()
-	return wake
 }
 
 // Close codes the hub itself decides (PROTOCOL section 3).

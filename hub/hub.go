@@ -438,7 +438,7 @@ func (h *Hub) DeliverEphemeral(e Ephemeral) {
 		r.mu.Lock()
 		for _, m := range r.members {
 			if m.conn.User().ID != e.Except {
-				if _, wake := m.conn.push(f, false); wake {
+				if _, wake := m.conn.push([]*Frame{f}, false); wake {
 					wakes = append(wakes, m.conn)
 				}
 			}

@@ -313,8 +313,9 @@ func (h *Hub) pump(r *room) {
 			if k < len(run) {
 				more = true // a hole: read again from r.seq
 			}
+			wakes = wakes[:0]
 			if k > 0 {
-				wakes = r.fanout(run[:k], wakes[:0])
+				wakes = r.fanout(run[:k], wakes)
 			}
 			r.mu.Unlock()
 			wakeAll(wakes)
@@ -354,7 +355,7 @@ func (r *room) fanout(fs []*Frame, wakes []*Conn) []*Conn {
 		}
 		if i < len(fs) {
 			m.last = r.seq
-			if m.conn.pushRun(fs[i:]) {
+			if _, wake := m.conn.push(fs[i:], false); wake {
 				wakes = append(wakes, m.conn)
 			}
 		}
