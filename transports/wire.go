@@ -319,9 +319,10 @@ func (c *wsClient) sendBatchLocked(out [][]byte) {
 }
 
 // wire returns f as this connection writes it: compressed when the client
-// negotiated it and the message is big enough.
+// negotiated it (gorilla offers it only when CompressAbove > 0) and the
+// message is big enough.
 func (c *wsClient) wire(f *hub.Frame) []byte {
-	if c.compress && c.ws.opts.CompressAbove > 0 && len(f.JSON) >= c.ws.opts.CompressAbove {
+	if c.compress && len(f.JSON) >= c.ws.opts.CompressAbove {
 		return f.Encoded(slotDeflate, deflateFrame)
 	}
 	return f.Encoded(slotText, textFrame)
