@@ -85,7 +85,7 @@ func tcpPair(t *testing.T) (client *net.TCPConn, server net.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	server = <-accepted
+	server = within(t, accepted, "the accept")
 	t.Cleanup(func() { c.Close(); server.Close() })
 	return c.(*net.TCPConn), server
 }
@@ -591,7 +591,7 @@ func TestDialOneWrite(t *testing.T) {
 		t.Fatal("connection open after the close frame")
 	}
 	// Read in the handshake, they are still timed by the kernel.
-	<-written
+	within(t, written, "the server's write")
 	for _, now := range r.nows {
 		if now.Before(wrote[0]) || now.After(wrote[1]) {
 			t.Fatalf("arrival %v, not within the server's write %v .. %v", now, wrote[0], wrote[1])
@@ -606,7 +606,11 @@ func TestCloseWhileOnClose(t *testing.T) {
 	sendClose := make(chan struct{})
 	addr, _ := wsTestServer(t, func(c *websocket.Conn) error {
 		c.WriteMessage(websocket.TextMessage, []byte(`{"event":"joined_project"}`))
-		<-sendClose
+		select {
+		case <-sendClose:
+		case <-time.After(10 * time.Second):
+			return nil // the test gave up
+		}
 		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4001, ""), time.Now().Add(time.Second))
 		c.ReadMessage() // the echo
 		return nil
@@ -892,7 +896,7 @@ func TestPollerBatches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := <-second
+	w := within(t, second, "the second message's write")
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		if msgs, _ := r.snapshot(); len(msgs) == 2 || time.Now().After(deadline) {
 			break
@@ -1086,7 +1090,7 @@ func TestWriteWaits(t *testing.T) {
 	if b0 != 0x8a || string(payload) != "still here" {
 		t.Fatalf("pong %#x %q", b0, payload)
 	}
-	if err := <-done; err != nil {
+	if err := within(t, done, "the pong's write"); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -1101,4 +1105,16 @@ func startPoller(t *testing.T, interval time.Duration, onEvent func([]byte, *int
 	}
 	t.Cleanup(p.stop)
 	return p
+}
+
+// within receives from ch, failing the test after 5 s.
+func within[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(5 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
 }
