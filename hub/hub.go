@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -144,6 +145,8 @@ func New(opts Options) *Hub {
 // Connect registers a new connection of user u.
 func (h *Hub) Connect(u *User, transport string, out Outlet) (*Conn, error) {
 	c := &Conn{ID: h.nextID.Add(1), Transport: transport, hub: h, out: out}
+	c.limit = int32(min(h.opts.QueueLimit, math.MaxInt32))
+	c.queue = c.first[:0]
 	c.user.Store(u)
 	h.mu.Lock()
 	defer h.mu.Unlock()
