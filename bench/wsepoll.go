@@ -288,13 +288,15 @@ func (c *wsConn) read(buf, oob []byte, hup bool) (code int, again bool) {
 // control buffer, 8-byte aligned.
 func recvStamped(fd int, buf, oob []byte) (n int, at time.Time, err error) {
 	// A raw recvmsg, not unix.Recvmsg, which allocates a sockaddr per call
-	// that TCP never fills.
+	// that TCP never fills; and a raw system call, without the runtime's
+	// bookkeeping for one that might block: every fd read here is
+	// non-blocking.
 	iov := unix.Iovec{Base: &buf[0]}
 	iov.SetLen(len(buf))
 	msg := unix.Msghdr{Iov: &iov, Control: &oob[0]}
 	msg.SetIovlen(1)
 	msg.SetControllen(len(oob))
-	r, _, e := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_CMSG_CLOEXEC)
+	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_CMSG_CLOEXEC)
 	if e != 0 {
 		return 0, time.Time{}, e
 	}

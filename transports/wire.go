@@ -175,7 +175,7 @@ func writeNow(fd int, bufs [][]byte) (int, error) {
 			// file layer, and no SIGPIPE for a peer that is gone.
 			n, err = send(fd, bufs[0])
 		} else {
-			n, err = unix.Writev(fd, bufs)
+			n, err = writev(fd, bufs)
 		}
 		switch {
 		case err == nil:
@@ -191,10 +191,35 @@ func writeNow(fd int, bufs [][]byte) (int, error) {
 }
 
 // send is send(2) without waiting: x/sys's Sendto does not return the
-// count, which a stream socket's partial write needs.
+// count, which a stream socket's partial write needs. Neither send nor
+// writev can block here (MSG_DONTWAIT; the hijacked socket is non-blocking),
+// so both are raw system calls, without the runtime's bookkeeping for a
+// call that might block.
 func send(fd int, b []byte) (int, error) {
-	r, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+	r, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
 		unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+// writev writes a batch without waiting (see send).
+func writev(fd int, bufs [][]byte) (int, error) {
+	var iovs [maxBatch]unix.Iovec
+	iov := iovs[:0]
+	for _, b := range bufs[:min(len(bufs), maxBatch)] {
+		if len(b) == 0 {
+			continue
+		}
+		v := unix.Iovec{Base: &b[0]}
+		v.SetLen(len(b))
+		iov = append(iov, v)
+	}
+	if len(iov) == 0 {
+		return 0, nil
+	}
+	r, _, e := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
 	if e != 0 {
 		return 0, e
 	}
