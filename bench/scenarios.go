@@ -282,6 +282,7 @@ func churn(ctx context.Context, b *bench) error {
 		}
 		lastRSS = rss
 	}
+	s.saveProfile("goroutine?debug=1", "goroutines-churn.txt") // what is left, by stack
 	b.add("churn", "goroutines after the last round", g, "goroutines", fmt.Sprintf("baseline %.0f; %d rounds of %d connects and disconnects", base, b.sc.churnRounds, b.sc.churnN))
 	b.add("churn", "RSS after the last round vs the first", 100*float64(lastRSS-firstRSS)/float64(firstRSS), "%", fmt.Sprintf("%.1f MiB -> %.1f MiB", float64(firstRSS)/(1<<20), float64(lastRSS)/(1<<20)))
 	if g > base+2 {
