@@ -18,6 +18,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <liburing.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -28,7 +29,6 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
-#include <fcntl.h>
 
 static int N;
 static int *srv, *cli;
@@ -74,7 +74,8 @@ static void round_uring(int fixed) {
 				io_uring_prep_send(sqe, i + j, msg, sizeof msg, MSG_DONTWAIT | MSG_NOSIGNAL);
 				sqe->flags |= IOSQE_FIXED_FILE;
 			} else
-				io_uring_prep_send(sqe, srv[i + j], msg, sizeof msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+				io_uring_prep_send(sqe, srv[i + j], msg, sizeof msg,
+						   MSG_DONTWAIT | MSG_NOSIGNAL);
 		}
 		io_uring_submit_and_wait(&ring, k);
 		struct io_uring_cqe *cqe;
@@ -112,7 +113,8 @@ int main(int argc, char **argv) {
 	epfd = epoll_create1(0);
 	for (int i = 0; i < N; i++) {
 		cli[i] = socket(AF_INET, SOCK_STREAM, 0);
-		struct sockaddr_in src = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000002 + (i % 200))};
+		struct sockaddr_in src = {.sin_family = AF_INET,
+					  .sin_addr.s_addr = htonl(0x7f000002 + (i % 200))};
 		bind(cli[i], (void *)&src, sizeof src);
 		if (connect(cli[i], (void *)&a, sizeof a)) {
 			perror("connect");
@@ -174,6 +176,7 @@ int main(int argc, char **argv) {
 		}
 	}
 	for (int m = 0; m < 3; m++)
-		printf("%-12s cpu/send mean %.0f ns best %.0f ns wall mean %.0f ns\n", names[m], sum[m] / rounds, best[m], wsum[m] / rounds);
+		printf("%-12s cpu/send mean %.0f ns best %.0f ns wall mean %.0f ns\n", names[m],
+		       sum[m] / rounds, best[m], wsum[m] / rounds);
 	return 0;
 }
