@@ -28,6 +28,11 @@ type Outlet interface {
 	// Abort closes the connection at once with the given close code,
 	// dropping whatever is still queued.
 	Abort(code int, reason string)
+	// Warm loads what Wake touches first, without taking a lock or waiting
+	// for the load: a big room's fan-out warms a chunk of members before it
+	// wakes them, so that the chunk's cache misses overlap instead of each
+	// waiting behind a Wake's lock. It may do nothing.
+	Warm()
 }
 
 // Conn is one client connection, of any transport. Its outgoing queue is

@@ -32,6 +32,8 @@ func (o *outlet) Wake() {
 	}
 }
 
+func (o *outlet) Warm() {}
+
 func (o *outlet) Abort(code int, _ string) {
 	o.mu.Lock()
 	o.aborted = code

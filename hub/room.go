@@ -348,19 +348,34 @@ func (r *room) fanout(fs []*Frame, wakes []*Conn) []*Conn {
 		r.remember(f)
 	}
 	r.seq = fs[len(fs)-1].Seq
-	for _, m := range r.members {
-		i := 0
-		for i < len(fs) && fs[i].Seq <= m.last {
-			i++
-		}
-		if i < len(fs) {
-			m.last = r.seq
-			if _, wake := m.conn.push(fs[i:], false); wake {
-				wakes = append(wakes, m.conn)
+	for members := r.members; len(members) > 0; {
+		chunk := members[:min(len(members), wakeChunk)]
+		members = members[len(chunk):]
+		warmMembers(chunk)
+		for _, m := range chunk {
+			i := 0
+			for i < len(fs) && fs[i].Seq <= m.last {
+				i++
+			}
+			if i < len(fs) {
+				m.last = r.seq
+				if _, wake := m.conn.push(fs[i:], false); wake {
+					wakes = append(wakes, m.conn)
+				}
 			}
 		}
 	}
 	return wakes
+}
+
+// warmMembers loads each member and the line of its Conn that push locks,
+// before any push: the fan-out runs under the room lock on one core, and a
+// lock waits for the miss before it, so unwarmed the misses would queue.
+// The load is atomic so that the compiler keeps it; it does not wait.
+func warmMembers(ms []*member) {
+	for _, m := range ms {
+		atomic.LoadInt32(&m.conn.limit)
+	}
 }
 
 // wakesPerWorker is the fewest wakes worth a goroutine of their own: a
@@ -375,6 +390,7 @@ const wakesPerWorker = 256
 func wakeAll(conns []*Conn) {
 	workers := min(runtime.GOMAXPROCS(0), len(conns)/wakesPerWorker)
 	if workers <= 1 {
+		warm(conns) // fewer than 2*wakesPerWorker: their lines fit in L2
 		for _, c := range conns {
 			c.out.Wake()
 		}
@@ -388,7 +404,9 @@ func wakeAll(conns []*Conn) {
 			if start >= len(conns) {
 				return
 			}
-			for _, c := range conns[start:min(end, len(conns))] {
+			chunk := conns[start:min(end, len(conns))]
+			warm(chunk)
+			for _, c := range chunk {
 				c.out.Wake()
 			}
 		}
@@ -399,6 +417,16 @@ func wakeAll(conns []*Conn) {
 	}
 	work()
 	wg.Wait()
+}
+
+// warm has each outlet of conns load what its Wake touches first, before
+// any of them is woken. A fan-out to a big room is bound by cache misses,
+// and each Wake takes a lock, which waits for the miss before it; loaded
+// ahead, a chunk's misses overlap.
+func warm(conns []*Conn) {
+	for _, c := range conns {
+		c.out.Warm()
+	}
 }
 
 // wakeChunk is how many wakes a worker takes from the cursor at a time.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -459,6 +460,13 @@ func (c *wsClient) hubConn() *hub.Conn {
 // the read goroutine, the only one that may set the read deadline.
 func (c *wsClient) touch() {
 	c.sess.WebsocketConnection().SetReadDeadline(time.Now().Add(c.ws.opts.PingTimeout))
+}
+
+// Warm loads the line Wake starts with (hub.Outlet): an atomic load of the
+// lock's state word, which the compiler keeps and which does not wait, so
+// the hub's loads for a chunk of clients overlap.
+func (c *wsClient) Warm() {
+	atomic.LoadInt32((*int32)(unsafe.Pointer(&c.mu)))
 }
 
 // Wake writes the hub's queued frames (wire.go). It never waits.
