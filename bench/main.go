@@ -276,6 +276,22 @@ func (s *server) rss() (int64, error) {
 	return 0, fmt.Errorf("no VmRSS")
 }
 
+// settleMemory waits, at most max, until the runtime has handed back to the
+// kernel what the last collection freed (under 4 MiB of idle heap not yet
+// released): until then RSS says when the scavenger last ran, not what the
+// server holds (after a churn round, 70-87 MiB before it, 30-34 after). It
+// reports whether that happened in time.
+func (s *server) settleMemory(max time.Duration) bool {
+	for deadline := time.Now().Add(max); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		idle, err1 := s.metric("go_memstats_heap_idle_bytes")
+		released, err2 := s.metric("go_memstats_heap_released_bytes")
+		if err1 == nil && err2 == nil && idle-released < 4<<20 {
+			return true
+		}
+	}
+	return false
+}
+
 // metric reads one sample of a Prometheus metric without labels.
 func (s *server) metric(name string) (float64, error) {
 	resp, err := http.Get("http://" + s.addr + "/metrics")

@@ -274,6 +274,9 @@ func churn(ctx context.Context, b *bench) error {
 			}
 		}
 		s.saveProfile("heap?gc=1", "heap-churn.pprof")
+		if !s.settleMemory(10 * time.Second) {
+			fmt.Fprintf(os.Stderr, "bench: churn round %d: the freed memory was not released within 10 s\n", round)
+		}
 		rss, _ := s.rss()
 		heap, _ := s.metric("go_memstats_heap_inuse_bytes")
 		fmt.Fprintf(os.Stderr, "bench: churn round %d: RSS %.1f MiB, heap in use %.1f MiB\n", round, float64(rss)/(1<<20), heap/(1<<20))
