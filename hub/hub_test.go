@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,18 +22,24 @@ type outlet struct {
 	frames  []*hub.Frame
 	aborted int // close code, 0 while open
 	notify  chan struct{}
+
+	warm      atomic.Bool  // Warm was called since the last Wake
+	coldWakes atomic.Int32 // Wakes without a Warm before them
 }
 
 func newOutlet() *outlet { return &outlet{notify: make(chan struct{}, 1)} }
 
 func (o *outlet) Wake() {
+	if !o.warm.Swap(false) {
+		o.coldWakes.Add(1)
+	}
 	select {
 	case o.notify <- struct{}{}:
 	default:
 	}
 }
 
-func (o *outlet) Warm() {}
+func (o *outlet) Warm() { o.warm.Store(true) }
 
 func (o *outlet) Abort(code int, _ string) {
 	o.mu.Lock()
@@ -535,5 +542,29 @@ func TestOfferSparesReads(t *testing.T) {
 	o.drain()
 	if got := seqs(o.frames); len(got) != 7 {
 		t.Fatalf("seqs %v: an event came twice", got)
+	}
+}
+
+// A fan-out has every member's outlet warm up before it is woken, in a room
+// big enough for the wakes to run on several goroutines and in a small one.
+func TestFanoutWarmsBeforeWaking(t *testing.T) {
+	for _, members := range []int{3, 700} {
+		f := newFixture(t, hub.Options{}, 0)
+		project := fmt.Sprintf("p%d", members)
+		var outs []*outlet
+		for i := range members {
+			o := f.connect(t, fmt.Sprintf("u%d", i), project)
+			f.join(t, o, project, nil)
+			o.waitFor(t, "joined", func(fs []*hub.Frame) bool { return len(fs) >= 1 })
+			o.coldWakes.Store(0) // the join's reply is woken on its own
+			outs = append(outs, o)
+		}
+		f.publish(t, project, 1)
+		for i, o := range outs {
+			o.waitFor(t, "the event", func(fs []*hub.Frame) bool { return len(seqs(fs)) >= 1 })
+			if n := o.coldWakes.Load(); n != 0 {
+				t.Fatalf("room of %d: member %d woken %d times without a Warm first", members, i, n)
+			}
+		}
 	}
 }

@@ -390,9 +390,8 @@ const wakesPerWorker = 256
 func wakeAll(conns []*Conn) {
 	workers := min(runtime.GOMAXPROCS(0), len(conns)/wakesPerWorker)
 	if workers <= 1 {
-		warm(conns) // fewer than 2*wakesPerWorker: their lines fit in L2
-		for _, c := range conns {
-			c.out.Wake()
+		for start := 0; start < len(conns); start += wakeChunk {
+			wakeEach(conns[start:min(start+wakeChunk, len(conns))])
 		}
 		return
 	}
@@ -404,11 +403,7 @@ func wakeAll(conns []*Conn) {
 			if start >= len(conns) {
 				return
 			}
-			chunk := conns[start:min(end, len(conns))]
-			warm(chunk)
-			for _, c := range chunk {
-				c.out.Wake()
-			}
+			wakeEach(conns[start:min(end, len(conns))])
 		}
 	}
 	var wg sync.WaitGroup
@@ -419,13 +414,16 @@ func wakeAll(conns []*Conn) {
 	wg.Wait()
 }
 
-// warm has each outlet of conns load what its Wake touches first, before
-// any of them is woken. A fan-out to a big room is bound by cache misses,
-// and each Wake takes a lock, which waits for the miss before it; loaded
-// ahead, a chunk's misses overlap.
-func warm(conns []*Conn) {
-	for _, c := range conns {
+// wakeEach wakes a chunk of conns after having each outlet load what its
+// Wake touches first. A fan-out to a big room is bound by cache misses, and
+// each Wake takes a lock, which waits for the miss before it; loaded ahead,
+// a chunk's misses overlap.
+func wakeEach(chunk []*Conn) {
+	for _, c := range chunk {
 		c.out.Warm()
+	}
+	for _, c := range chunk {
+		c.out.Wake()
 	}
 }
 
