@@ -149,6 +149,7 @@ func fanoutScenario(ctx context.Context, b *bench) error {
 		}()
 		defer func() { <-profiled }()
 	}
+	mallocs0, _ := s.metric("go_memstats_mallocs_total")
 	cpu0, gcpu0, t0 := procCPU(s.cmd.Process.Pid), f.cpu(), time.Now()
 	n := b.sc.fanoutEvents
 	for i := 1; i <= n; i++ {
@@ -163,6 +164,7 @@ func fanoutScenario(ctx context.Context, b *bench) error {
 		return err
 	}
 	wall := time.Since(t0)
+	mallocs1, _ := s.metric("go_memstats_mallocs_total")
 	var last []int64
 	for i := 1; i < len(t.PerEvent); i++ {
 		last = append(last, t.PerEvent[i])
@@ -178,8 +180,8 @@ func fanoutScenario(ctx context.Context, b *bench) error {
 	// delivery is what they take from it. The server's own per delivery
 	// shows what waking them costs it.
 	perDelivery := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(max(t.Events, 1)) }
-	note := fmt.Sprintf("%d events, one at a time; %s; server %.2f µs, generators %.2f µs CPU per delivery", n,
-		cpuNote(scpu, gcpu, wall), perDelivery(scpu), perDelivery(gcpu))
+	note := fmt.Sprintf("%d events, one at a time; %s; server %.2f µs, generators %.2f µs CPU per delivery; server allocations per delivery %.4f", n,
+		cpuNote(scpu, gcpu, wall), perDelivery(scpu), perDelivery(gcpu), (mallocs1-mallocs0)/float64(max(t.Events, 1)))
 	b.add(scen, "last member reached p50", pctOf(last, 0.5), "ms", note)
 	b.add(scen, "last member reached p99", pctOf(last, 0.99), "ms", "")
 	b.add(scen, "last member reached max", pctOf(last, 1), "ms", "")
