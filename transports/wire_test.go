@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // textFrame and deflateFrame write frames that decode back to the payload,
@@ -87,5 +88,19 @@ func TestConsume(t *testing.T) {
 	}
 	if got := consume([][]byte{[]byte("ab")}, 0); len(got) != 1 || string(got[0]) != "ab" {
 		t.Fatalf("consume 0: %q", got)
+	}
+}
+
+// The fan-out's fields share the first cache line only if allocations are
+// 64-byte aligned, which a size that is a multiple of 64 gives.
+func TestClientLayout(t *testing.T) {
+	if unsafe.Sizeof(uintptr(0)) != 8 {
+		t.Skip("the layout is tuned for 64-bit platforms")
+	}
+	if n := unsafe.Sizeof(wsClient{}); n%64 != 0 {
+		t.Fatalf("wsClient is %d bytes, not a multiple of 64", n)
+	}
+	if end := unsafe.Offsetof(wsClient{}.fd) + unsafe.Sizeof(wsClient{}.fd); end > 64 {
+		t.Fatalf("the fan-out's fields end at byte %d, past the first line", end)
 	}
 }
