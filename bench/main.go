@@ -279,7 +279,7 @@ func (s *server) rss() (int64, error) {
 // settleMemory waits, at most max, until the runtime has handed back to the
 // kernel what the last collection freed (under 4 MiB of idle heap not yet
 // released): until then RSS says when the scavenger last ran, not what the
-// server holds (after a churn round, 70-87 MiB before it, 30-34 after). It
+// server holds (after a churn round, 70-87 MiB before it, 30-36 after). It
 // reports whether that happened in time.
 func (s *server) settleMemory(max time.Duration) bool {
 	for deadline := time.Now().Add(max); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
