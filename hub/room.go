@@ -349,7 +349,7 @@ func (r *room) fanout(fs []*Frame, wakes []*Conn) []*Conn {
 	}
 	r.seq = fs[len(fs)-1].Seq
 	for members := r.members; len(members) > 0; {
-		chunk := members[:min(len(members), wakeChunk)]
+		chunk := members[:min(len(members), fanoutChunk)]
 		members = members[len(chunk):]
 		warmMembers(chunk)
 		for _, m := range chunk {
@@ -383,23 +383,23 @@ func warmMembers(ms []*member) {
 const wakesPerWorker = 256
 
 // wakeAll wakes the transports of conns, outside any room lock. A big room's
-// wakes run on all cores at once, taking slices of wakeChunk from a shared
+// wakes run on all cores at once, taking slices of fanoutChunk from a shared
 // cursor, so a core that the scheduler gives less time to does less of the
 // work and all finish together. Each connection is woken by one goroutine,
 // so its frames still go out in order.
 func wakeAll(conns []*Conn) {
 	workers := min(runtime.GOMAXPROCS(0), len(conns)/wakesPerWorker)
 	if workers <= 1 {
-		for start := 0; start < len(conns); start += wakeChunk {
-			wakeEach(conns[start:min(start+wakeChunk, len(conns))])
+		for start := 0; start < len(conns); start += fanoutChunk {
+			wakeEach(conns[start:min(start+fanoutChunk, len(conns))])
 		}
 		return
 	}
 	var next atomic.Int64
 	work := func() {
 		for {
-			end := int(next.Add(wakeChunk))
-			start := end - wakeChunk
+			end := int(next.Add(fanoutChunk))
+			start := end - fanoutChunk
 			if start >= len(conns) {
 				return
 			}
@@ -427,5 +427,6 @@ func wakeEach(chunk []*Conn) {
 	}
 }
 
-// wakeChunk is how many wakes a worker takes from the cursor at a time.
-const wakeChunk = 64
+// fanoutChunk is how many members a fan-out warms at a time before pushing
+// to them, and how many wakes a worker takes from the cursor at a time.
+const fanoutChunk = 64
