@@ -32,6 +32,8 @@ import (
 	"sagapush/auth"
 	"sagapush/handlers"
 	"sagapush/hub"
+	"sagapush/internal/httpguard"
+	"sagapush/internal/session"
 	"sagapush/store"
 	"sagapush/transports"
 	"sagapush/web"
@@ -242,13 +244,14 @@ func serve(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	authn := &transports.Authenticator{Verifier: verifier, Users: st}
-	handshakes := transports.NewAddrLimiter(cfg.HandshakeRate, cfg.HandshakeBurst)
-	ws := transports.NewWebSocket(h, authn, transports.WSOptions{
-		PingInterval: cfg.PingInterval, PingTimeout: cfg.PingTimeout, AuthTimeout: cfg.AuthTimeout, Origins: cfg.Origins,
+	authn := &session.Authenticator{Verifier: verifier, Users: st}
+	sessions := session.NewManager(session.Options{Hub: h, Auth: authn, AuthTimeout: cfg.AuthTimeout})
+	handshakes := httpguard.NewAddrLimiter(cfg.HandshakeRate, cfg.HandshakeBurst)
+	ws := transports.NewWebSocket(sessions, transports.WSOptions{
+		PingInterval: cfg.PingInterval, PingTimeout: cfg.PingTimeout, Origins: cfg.Origins,
 		Handshakes: handshakes, Logger: log, CompressAbove: cfg.CompressAbove,
 	})
-	sse := transports.NewSSE(h, authn, transports.SSEOptions{
+	sse := transports.NewSSE(sessions, transports.SSEOptions{
 		Heartbeat: cfg.SSEHeartbeat, Origins: cfg.Origins, Handshakes: handshakes, Logger: log,
 	})
 	e := handlers.New(handlers.Config{

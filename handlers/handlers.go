@@ -19,19 +19,27 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"sagapush/auth"
 	"sagapush/hub"
+	"sagapush/internal/httpguard"
+	"sagapush/internal/protocol"
 	"sagapush/store"
-	"sagapush/transports"
 )
+
+// Authenticator turns a request's token into a user (session.Authenticator
+// is one).
+type Authenticator interface {
+	Authenticate(ctx context.Context, token string) (*hub.User, time.Time, *protocol.Error)
+}
 
 // Config holds what the HTTP surface serves.
 type Config struct {
 	Hub      *hub.Hub
 	Store    store.Store
-	Auth     *transports.Authenticator
+	Auth     Authenticator
 	WS       http.Handler
 	SSE      http.Handler // nil until the SSE transport is mounted
-	Origins  transports.Origins
+	Origins  httpguard.Origins
 	Gatherer prometheus.Gatherer
 	Web      fs.FS // client.js, client.d.ts, index.html
 	Logger   *slog.Logger
@@ -140,9 +148,13 @@ func (a *api) health(c echo.Context) error {
 
 // authorize checks the request's token and that its role is one of roles.
 func (a *api) authorize(c echo.Context, roles ...string) (*hub.User, error) {
-	u, _, e := a.cfg.Auth.Authenticate(c.Request().Context(), transports.TokenFromRequest(c.Request()))
+	u, _, e := a.cfg.Auth.Authenticate(c.Request().Context(), auth.TokenFromRequest(c.Request()))
 	if e != nil {
-		return nil, c.JSON(transports.HTTPStatus(e), map[string]any{"error": e})
+		status := http.StatusUnauthorized
+		if e.Code == protocol.CodeInternalError {
+			status = http.StatusServiceUnavailable
+		}
+		return nil, c.JSON(status, map[string]any{"error": e})
 	}
 	for _, r := range roles {
 		if u.Role == r {
@@ -213,10 +225,10 @@ func (a *api) publish(c echo.Context) error {
 	case req.ProjectID != "" && req.UserID != "":
 		return badRequest(c, "give projectId or userId, not both")
 	case req.ProjectID != "":
-		if !store.EventNames[req.Event] {
+		if !protocol.DomainEvents[req.Event] {
 			return badRequest(c, "unknown event: it must be one of PROTOCOL section 5")
 		}
-		if !transports.ValidID(req.ProjectID) {
+		if !protocol.ValidID(req.ProjectID) {
 			return badRequest(c, "invalid projectId")
 		}
 		seq, err := a.cfg.Store.Publish(ctx, req.ProjectID, req.Event, req.Data)
@@ -226,10 +238,10 @@ func (a *api) publish(c echo.Context) error {
 		}
 		return c.JSON(http.StatusAccepted, map[string]any{"projectId": req.ProjectID, "seq": seq})
 	case req.UserID != "":
-		if req.Event == "" || len(req.Event) > 64 || !transports.ValidID(req.Event) {
+		if req.Event == "" || len(req.Event) > 64 || !protocol.ValidID(req.Event) {
 			return badRequest(c, "invalid event name")
 		}
-		if !transports.ValidID(req.UserID) {
+		if !protocol.ValidID(req.UserID) {
 			return badRequest(c, "invalid userId")
 		}
 		if err := a.cfg.Hub.UserEvent(ctx, req.UserID, req.Event, req.Data); err != nil {

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"sagapush/internal/protocol"
 )
 
 // User is an authenticated identity, as the transport learned it from a token.
@@ -171,7 +173,7 @@ func (c *Conn) push(fs []*Frame, force bool) (ok, wake bool) {
 		c.discardLocked(len(fs))
 		c.mu.Unlock()
 		c.hub.metrics.slowClosed.Inc()
-		c.out.Abort(CloseTooSlow, "too slow")
+		c.out.Abort(protocol.CloseTooSlow, "too slow")
 		return false, false
 	}
 	wake = len(c.queue) == 0
@@ -188,14 +190,6 @@ func (c *Conn) discardLocked(extra int) {
 	}
 	c.queue = nil
 }
-
-// Close codes the hub itself decides (PROTOCOL section 3).
-const (
-	CloseGoingAway       = 1001
-	CloseTooSlow         = 4001
-	CloseUnauthenticated = 4401
-	CloseTooMany         = 4429
-)
 
 // userState is what the hub keeps per user across all of its connections.
 type userState struct {

@@ -2,9 +2,10 @@ package hub
 
 import (
 	"encoding/json"
-	"strconv"
 	"sync/atomic"
 	"time"
+
+	"sagapush/internal/protocol"
 )
 
 // Event is one stored domain event of a project.
@@ -52,69 +53,21 @@ func (f *Frame) Encoded(slot int, encode func(json []byte) []byte) []byte {
 	return b
 }
 
-// EventFrame encodes a domain event as clients receive it:
-// {"event","projectId","seq","ts","data"}.
+// EventFrame encodes a domain event as clients receive it, once for every
+// recipient.
 func EventFrame(e Event) *Frame {
-	data := e.Data
-	if len(data) == 0 {
-		data = json.RawMessage("{}")
-	}
-	b := make([]byte, 0, 96+len(e.Name)+len(e.ProjectID)+len(data))
-	b = append(b, `{"event":`...)
-	b = appendJSONString(b, e.Name)
-	b = append(b, `,"projectId":`...)
-	b = appendJSONString(b, e.ProjectID)
-	b = append(b, `,"seq":`...)
-	b = strconv.AppendInt(b, e.Seq, 10)
-	b = append(b, `,"ts":`...)
-	b = strconv.AppendInt(b, e.Time.UnixMilli(), 10)
-	b = append(b, `,"data":`...)
-	b = append(b, data...)
-	b = append(b, '}')
+	b := make([]byte, 0, protocol.EventSize(e.Name, e.ProjectID, e.Data))
+	b = protocol.AppendEvent(b, e.Name, e.ProjectID, e.Seq, e.Time.UnixMilli(), e.Data)
 	return &Frame{Name: e.Name, ProjectID: e.ProjectID, Seq: e.Seq, JSON: b, created: e.Time}
 }
 
-// Reply encodes a message that is not a domain event: {"event","data","ack"?}
-// plus, when projectID is set, a top-level "projectId".
+// Reply makes the frame of a message that is not a domain event
+// (protocol.Message).
 func Reply(name, projectID string, data any, ack json.RawMessage) *Frame {
-	msg := struct {
-		Event     string          `json:"event"`
-		ProjectID string          `json:"projectId,omitempty"`
-		Data      any             `json:"data,omitempty"`
-		Ack       json.RawMessage `json:"ack,omitempty"`
-	}{name, projectID, data, ack}
-	b, err := json.Marshal(msg)
-	if err != nil {
-		// Only programming errors get here: data is always a plain struct or map.
-		b = []byte(`{"event":"error","data":{"code":"INTERNAL_ERROR","message":"encoding failed"}}`)
-		name = "error"
-	}
-	return &Frame{Name: name, ProjectID: projectID, JSON: b}
+	return &Frame{Name: name, ProjectID: projectID, JSON: protocol.Message(name, projectID, data, ack)}
 }
 
-// ErrorData is the data of an "error" message (PROTOCOL section 6).
-type ErrorData struct {
-	Code         string `json:"code"`
-	Message      string `json:"message"`
-	ProjectID    string `json:"projectId,omitempty"`
-	RetryAfterMs int64  `json:"retryAfterMs,omitempty"`
-}
-
-// ErrorFrame encodes an "error" message answering the frame with the given ack.
-func ErrorFrame(e ErrorData, ack json.RawMessage) *Frame {
-	return Reply("error", "", e, ack)
-}
-
-// appendJSONString appends s as a JSON string literal.
-func appendJSONString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < 0x20 || c == '"' || c == '\\' || c >= 0x80 {
-			q, _ := json.Marshal(s)
-			return append(b, q...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
+// ErrorFrame makes an "error" message answering the frame with the given ack.
+func ErrorFrame(e protocol.Error, ack json.RawMessage) *Frame {
+	return Reply(protocol.ErrorEvent, "", e, ack)
 }

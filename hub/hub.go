@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"sagapush/internal/protocol"
 )
 
 // Source is what the hub reads events from: the store.
@@ -217,24 +219,16 @@ func (h *Hub) Allow(c *Conn) (ok bool, retryAfter time.Duration) {
 	return ok, d
 }
 
-// JoinResult is the data of a joined_project message.
-type JoinResult struct {
-	ProjectID string `json:"projectId"`
-	Role      string `json:"role"`
-	Seq       int64  `json:"seq"`
-	Recovered *bool  `json:"recovered,omitempty"`
-}
-
 // Join adds c to the project's room. When since is set it replays every
 // event after it, or answers recovered:false when that is impossible. The
 // joined_project reply (carrying ack) is queued first, then the replay, then
 // live events: no gap and no duplicate, whatever is published meanwhile.
-func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64, ack json.RawMessage) (JoinResult, error) {
+func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64, ack json.RawMessage) (protocol.Joined, error) {
 	u := c.User()
 	revocations := h.revocations.Load()
 	role, err := h.opts.Access.Role(ctx, u, projectID)
 	if err != nil {
-		return JoinResult{}, err
+		return protocol.Joined{}, err
 	}
 	c.mu.Lock()
 	already := c.memberLocked(projectID) >= 0
@@ -242,10 +236,10 @@ func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64,
 	closed := c.closed
 	c.mu.Unlock()
 	if closed {
-		return JoinResult{}, ErrClosed
+		return protocol.Joined{}, ErrClosed
 	}
 	if tooMany {
-		return JoinResult{}, ErrTooManyRooms
+		return protocol.Joined{}, ErrTooManyRooms
 	}
 	if already {
 		// A second join re-answers without replaying: the subscription
@@ -257,12 +251,12 @@ func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64,
 			seq = r.seq
 			r.mu.Unlock()
 		}
-		res := JoinResult{ProjectID: projectID, Role: role, Seq: seq}
+		res := protocol.Joined{ProjectID: projectID, Role: role, Seq: seq}
 		if since != nil {
 			t := true
 			res.Recovered = &t
 		}
-		c.Send(Reply("joined_project", "", res, ack))
+		c.Send(Reply(protocol.JoinedProject, "", res, ack))
 		return res, nil
 	}
 
@@ -286,7 +280,7 @@ func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64,
 	for attempt := 0; ; attempt++ {
 		r, err := h.openRoom(ctx, projectID) // returns r locked
 		if err != nil {
-			return JoinResult{}, err
+			return protocol.Joined{}, err
 		}
 		if pinned == nil {
 			pinned = r
@@ -294,7 +288,7 @@ func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64,
 		}
 		head := r.seq
 		last := head // the member's position: it has had every event up to it
-		res := JoinResult{ProjectID: projectID, Role: role, Seq: head}
+		res := protocol.Joined{ProjectID: projectID, Role: role, Seq: head}
 		var replay []*Frame
 		if since != nil {
 			s := *since
@@ -304,7 +298,7 @@ func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64,
 				// The room may only lag the store (its pump is reading).
 				r.mu.Unlock()
 				if storeHead, err = h.opts.Source.Head(ctx, projectID); err != nil {
-					return JoinResult{}, err
+					return protocol.Joined{}, err
 				}
 				continue
 			case s > head && s <= storeHead:
@@ -326,7 +320,7 @@ func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64,
 				}
 				more, to, gone, err := h.fetch(ctx, projectID, from, head)
 				if err != nil {
-					return JoinResult{}, err
+					return protocol.Joined{}, err
 				}
 				fetched, fetchedTo, pruned = append(fetched, more...), to, gone
 				continue
@@ -336,12 +330,12 @@ func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64,
 			res.Recovered = &recovered
 		}
 		frames := make([]*Frame, 0, 1+len(replay))
-		frames = append(frames, Reply("joined_project", "", res, ack))
+		frames = append(frames, Reply(protocol.JoinedProject, "", res, ack))
 		frames = append(frames, replay...)
 		ok, wake := r.addLocked(c, last, frames)
 		r.mu.Unlock()
 		if !ok {
-			return JoinResult{}, ErrClosed
+			return protocol.Joined{}, ErrClosed
 		}
 		if wake {
 			c.out.Wake()
@@ -406,22 +400,18 @@ func (h *Hub) Typing(ctx context.Context, c *Conn, projectID, storyID string, st
 		return ErrNotInProject
 	}
 	u := c.User()
-	name := "typing_stop"
+	name := protocol.TypingStop
 	if start {
-		name = "typing_start"
+		name = protocol.TypingStart
 	}
-	f := Reply(name, projectID, map[string]string{"storyId": storyID, "userId": u.ID, "userName": u.Name}, nil)
+	f := Reply(name, projectID, protocol.TypingRelay{StoryID: storyID, UserID: u.ID, UserName: u.Name}, nil)
 	return h.opts.Relay.PublishEphemeral(ctx, Ephemeral{ProjectID: projectID, Except: u.ID, Name: name, JSON: f.JSON})
 }
 
 // UserEvent encodes a user-targeted event and relays it to that user's
 // connections on every instance.
 func (h *Hub) UserEvent(ctx context.Context, userID, name string, data json.RawMessage) error {
-	b, err := json.Marshal(struct {
-		Event string          `json:"event"`
-		TS    int64           `json:"ts"`
-		Data  json.RawMessage `json:"data"`
-	}{name, time.Now().UnixMilli(), data})
+	b, err := protocol.UserEvent(name, time.Now().UnixMilli(), data)
 	if err != nil {
 		return err
 	}
@@ -479,7 +469,7 @@ func (h *Hub) recheck(ctx context.Context, c *Conn, projectID string) {
 	switch {
 	case errors.Is(err, ErrAccessDenied):
 		if h.Leave(c, projectID) == nil {
-			c.Send(Reply("left_project", "", map[string]string{"projectId": projectID, "reason": "access_revoked"}, nil))
+			c.Send(Reply(protocol.LeftProject, "", protocol.Left{ProjectID: projectID, Reason: protocol.ReasonAccessRevoked}, nil))
 		}
 	case err != nil:
 		h.log.Warn("re-checking access failed", "project", projectID, "user", c.User().ID, "err", err)
@@ -516,7 +506,7 @@ func (h *Hub) Revoke(projectID, userID string) {
 			}
 		}
 		c.mu.Unlock()
-		c.Send(Reply("left_project", "", map[string]string{"projectId": projectID, "reason": "access_revoked"}, nil))
+		c.Send(Reply(protocol.LeftProject, "", protocol.Left{ProjectID: projectID, Reason: protocol.ReasonAccessRevoked}, nil))
 	}
 	if empty {
 		h.releaseRoom(r)
@@ -569,11 +559,16 @@ func (h *Hub) Shutdown(reconnectAfter time.Duration) {
 		conns = append(conns, c)
 	}
 	h.mu.Unlock()
-	f := Reply("server_shutdown", "", map[string]any{"message": "server shutting down", "reconnectAfterMs": reconnectAfter.Milliseconds()}, nil)
+	f := ShutdownFrame(reconnectAfter)
 	for _, c := range conns {
 		c.enqueue(f, true)
-		c.CloseAfterFlush(CloseGoingAway, "server shutting down")
+		c.CloseAfterFlush(protocol.CloseGoingAway, "server shutting down")
 	}
+}
+
+// ShutdownFrame is the server_shutdown message.
+func ShutdownFrame(reconnectAfter time.Duration) *Frame {
+	return Reply(protocol.ServerShutdown, "", protocol.ShutdownData{Message: "server shutting down", ReconnectAfterMs: reconnectAfter.Milliseconds()}, nil)
 }
 
 // Close stops the hub's background work.

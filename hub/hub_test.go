@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"sagapush/hub"
+	"sagapush/internal/protocol"
 	"sagapush/store"
 )
 
@@ -133,7 +134,7 @@ func (f *fixture) publish(t *testing.T, project string, n int) {
 	}
 }
 
-func (f *fixture) join(t *testing.T, o *outlet, project string, since *int64) hub.JoinResult {
+func (f *fixture) join(t *testing.T, o *outlet, project string, since *int64) protocol.Joined {
 	t.Helper()
 	res, err := f.hub.Join(context.Background(), o.conn, project, since, nil)
 	if err != nil {
@@ -310,8 +311,8 @@ func TestSlowConnectionIsAbortedNotBlocking(t *testing.T) {
 	wantSeqs(t, seqs(fast.frames), 1, 160)
 	slow.mu.Lock()
 	defer slow.mu.Unlock()
-	if slow.aborted != hub.CloseTooSlow {
-		t.Fatalf("slow connection: abort code %d, want %d", slow.aborted, hub.CloseTooSlow)
+	if slow.aborted != protocol.CloseTooSlow {
+		t.Fatalf("slow connection: abort code %d, want %d", slow.aborted, protocol.CloseTooSlow)
 	}
 	if n := slow.conn.Pending(); n != 0 {
 		t.Fatalf("an aborted connection still holds %d frames", n)
@@ -373,7 +374,7 @@ func TestShutdownSendsMessageThenClose(t *testing.T) {
 	o := f.connect(t, "u", "p")
 	f.hub.Shutdown(1500 * time.Millisecond)
 	fs := o.waitFor(t, "shutdown", func(fs []*hub.Frame) bool { return len(fs) == 2 })
-	if fs[0].Name != "server_shutdown" || fs[1].CloseCode != hub.CloseGoingAway {
+	if fs[0].Name != "server_shutdown" || fs[1].CloseCode != protocol.CloseGoingAway {
 		t.Fatalf("got %s then close %d", fs[0].Name, fs[1].CloseCode)
 	}
 	if _, err := f.hub.Connect(&hub.User{ID: "late"}, "test", newOutlet()); err != hub.ErrClosed {

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"sagapush/internal/protocol"
 )
 
 // room is a project's set of local members and the memory of its latest
@@ -285,7 +287,7 @@ func (h *Hub) pump(r *room) {
 				// 4001; they resume and learn recovered:false.
 				h.log.Warn("room fell behind the store's retention", "project", r.id, "seq", after)
 				for _, m := range r.members {
-					m.conn.out.Abort(CloseTooSlow, "history lost")
+					m.conn.out.Abort(protocol.CloseTooSlow, "history lost")
 				}
 				r.ready = false
 			}

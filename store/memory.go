@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"sagapush/hub"
+	"sagapush/internal/protocol"
 )
 
 // Memory is the embedded mode's store: events live in memory with a bounded
@@ -60,7 +61,7 @@ func (m *Memory) Role(_ context.Context, u *hub.User, projectID string) (string,
 }
 
 func (m *Memory) Publish(_ context.Context, projectID, name string, data json.RawMessage) (int64, error) {
-	if !EventNames[name] {
+	if !protocol.DomainEvents[name] {
 		return 0, fmt.Errorf("%w: %q", ErrUnknownEvent, name)
 	}
 	m.mu.Lock()

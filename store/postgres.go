@@ -18,6 +18,7 @@ import (
 	"github.com/lib/pq"
 
 	"sagapush/hub"
+	"sagapush/internal/protocol"
 )
 
 // notifyChannel is the one LISTEN/NOTIFY channel of the service. Payloads:
@@ -259,7 +260,7 @@ func (p *Postgres) After(ctx context.Context, projectID string, after int64, lim
 // Publish stores a domain event through push_emit, exactly as a trigger
 // does; its doorbell reaches every instance, this one included.
 func (p *Postgres) Publish(ctx context.Context, projectID, name string, data json.RawMessage) (int64, error) {
-	if !EventNames[name] {
+	if !protocol.DomainEvents[name] {
 		return 0, fmt.Errorf("%w: %q", ErrUnknownEvent, name)
 	}
 	if projectID == "" || len(projectID) > maxProjectID {

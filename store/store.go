@@ -41,13 +41,6 @@ type Sink interface {
 	DeliverEphemeral(e hub.Ephemeral)
 }
 
-// EventNames are the domain events of PROTOCOL section 5, the only names
-// Publish takes.
-var EventNames = map[string]bool{
-	"story_uploaded": true, "story_processing": true, "story_processed": true,
-	"transcript_updated": true, "interaction_added": true, "interaction_updated": true,
-	"export_started": true, "export_progress": true, "export_ready": true, "export_failed": true,
-}
-
-// ErrUnknownEvent is returned by Publish for a name outside EventNames.
+// ErrUnknownEvent is returned by Publish for a name outside
+// protocol.DomainEvents.
 var ErrUnknownEvent = errors.New("unknown event")

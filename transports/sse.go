@@ -9,16 +9,17 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"sagapush/auth"
 	"sagapush/hub"
+	"sagapush/internal/httpguard"
+	"sagapush/internal/protocol"
+	"sagapush/internal/session"
 )
-
-const sseTransportName = "sse"
 
 // SSEOptions configure the Server-Sent Events transport.
 type SSEOptions struct {
@@ -28,25 +29,25 @@ type SSEOptions struct {
 	// that takes no byte for that long is gone. It is a deadline per write,
 	// not a server WriteTimeout, so it never cuts a healthy stream.
 	WriteTimeout time.Duration
-	Origins      Origins
-	Handshakes   *AddrLimiter
+	Origins      httpguard.Origins
+	Handshakes   *httpguard.AddrLimiter
 	Logger       *slog.Logger
 }
 
 // SSE serves GET /sse?projects=P1,P2: the same hub, messages and guarantees
 // as the WebSocket, for clients behind proxies that break WebSockets.
 type SSE struct {
-	hub  *hub.Hub
-	auth *Authenticator
-	opts SSEOptions
-	sent prometheus.Counter
+	hub      *hub.Hub
+	sessions *session.Manager
+	opts     SSEOptions
+	sent     prometheus.Counter
 
 	mu      sync.Mutex
 	streams int
 }
 
 // NewSSE returns the transport.
-func NewSSE(h *hub.Hub, a *Authenticator, opts SSEOptions) *SSE {
+func NewSSE(sm *session.Manager, opts SSEOptions) *SSE {
 	if opts.Heartbeat <= 0 {
 		opts.Heartbeat = 15 * time.Second
 	}
@@ -59,7 +60,8 @@ func NewSSE(h *hub.Hub, a *Authenticator, opts SSEOptions) *SSE {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &SSE{hub: h, auth: a, opts: opts, sent: h.Metrics().MessagesOut.WithLabelValues(sseTransportName)}
+	h := sm.Hub()
+	return &SSE{hub: h, sessions: sm, opts: opts, sent: h.Metrics().MessagesOut.WithLabelValues(protocol.SSE)}
 }
 
 // Len counts open streams.
@@ -69,109 +71,63 @@ func (s *SSE) Len() int {
 	return s.streams
 }
 
-// Cursor is what an SSE event id carries: the last seq delivered per project
-// of the stream. Clients treat it as opaque; it reads "P1:17,P2:4", the same
-// form as the since parameter.
-type Cursor map[string]int64
-
-// ParseCursor reads a cursor or a since parameter.
-func ParseCursor(s string) (Cursor, error) {
-	c := Cursor{}
-	if strings.TrimSpace(s) == "" {
-		return c, nil
-	}
-	for _, part := range strings.Split(s, ",") {
-		id, seq, ok := strings.Cut(strings.TrimSpace(part), ":")
-		if !ok || !ValidID(id) {
-			return nil, errors.New("expected P1:17,P2:4")
-		}
-		n, err := strconv.ParseInt(seq, 10, 64)
-		if err != nil || n < 0 {
-			return nil, errors.New("a seq must be a non-negative integer")
-		}
-		c[id] = n
-	}
-	return c, nil
-}
-
+// ServeHTTP parses the query, opens a session, joins its projects and hands
+// the stream to a goroutine of its own.
 func (s *SSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	metrics := s.hub.Metrics().Handshakes
-	refuse := func(status int, code, msg, outcome string) {
-		metrics.WithLabelValues(sseTransportName, outcome).Inc()
-		WriteHTTPError(w, status, code, msg)
+	metrics := s.hub.Metrics()
+	fail := func(status int, code, msg, outcome string) {
+		refuse(w, protocol.SSE, metrics, &session.Refusal{Status: status, Outcome: outcome, Err: protocol.Error{Code: code, Message: msg}})
 	}
-	if !s.opts.Handshakes.Allow(r) {
-		w.Header().Set("Retry-After", "1")
-		refuse(http.StatusTooManyRequests, "RATE_LIMIT_EXCEEDED", "too many connection attempts from this address", "rate_limited")
+	if !admit(w, r, protocol.SSE, s.opts.Handshakes, metrics) {
 		return
 	}
 	if !s.opts.Origins.Allowed(r) {
-		refuse(http.StatusForbidden, "FORBIDDEN", "origin not allowed", "origin")
+		fail(http.StatusForbidden, protocol.CodeForbidden, "origin not allowed", "origin")
 		return
 	}
 	if o := r.Header.Get("Origin"); o != "" && len(s.opts.Origins) > 0 {
 		w.Header().Set("Access-Control-Allow-Origin", o)
 		w.Header().Add("Vary", "Origin")
 	}
-	u, exp, e := s.auth.Authenticate(r.Context(), TokenFromRequest(r))
-	if e != nil {
-		refuse(HTTPStatus(e), e.Code, e.Message, "unauthorized")
+	st := &sseStream{wake: make(chan struct{}, 1), done: make(chan struct{})}
+	sess := s.sessions.New(protocol.SSE, st)
+	if no := sess.Authenticate(r.Context(), auth.TokenFromRequest(r)); no != nil {
+		refuse(w, protocol.SSE, metrics, no)
 		return
 	}
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			sess.End()
+		}
+	}()
 	q := r.URL.Query()
-	var projects []string
-	for _, p := range strings.Split(q.Get("projects"), ",") {
-		if p = strings.TrimSpace(p); p == "" || slices.Contains(projects, p) {
-			continue
-		}
-		if !ValidID(p) {
-			refuse(http.StatusBadRequest, "INVALID_MESSAGE", "invalid project id in projects", "bad_request")
-			return
-		}
-		projects = append(projects, p)
-	}
-	if len(projects) == 0 {
-		refuse(http.StatusBadRequest, "INVALID_MESSAGE", "projects is required: /sse?projects=P1,P2", "bad_request")
+	projects, err := protocol.ParseProjects(q.Get("projects"))
+	if err != nil {
+		fail(http.StatusBadRequest, protocol.CodeInvalidMessage, err.Error(), "bad_request")
 		return
 	}
-	since, err := ParseCursor(q.Get("since"))
+	since, err := protocol.ParseCursor(q.Get("since"))
 	if err != nil {
-		refuse(http.StatusBadRequest, "INVALID_MESSAGE", "since: "+err.Error(), "bad_request")
+		fail(http.StatusBadRequest, protocol.CodeInvalidMessage, "since: "+err.Error(), "bad_request")
 		return
 	}
 	last := r.Header.Get("Last-Event-ID")
 	if last == "" {
 		last = q.Get("lastEventId")
 	}
-	resume, err := ParseCursor(last)
+	resume, err := protocol.ParseCursor(last)
 	if err != nil {
-		refuse(http.StatusBadRequest, "INVALID_MESSAGE", "Last-Event-ID: "+err.Error(), "bad_request")
+		fail(http.StatusBadRequest, protocol.CodeInvalidMessage, "Last-Event-ID: "+err.Error(), "bad_request")
 		return
 	}
 	for p, n := range resume { // the cursor wins over since
 		since[p] = n
 	}
 
-	st := &sseStream{wake: make(chan struct{}, 1), done: make(chan struct{})}
-	conn, err := s.hub.Connect(u, sseTransportName, st)
-	if err != nil {
-		status := http.StatusTooManyRequests
-		if errors.Is(err, hub.ErrClosed) {
-			status = http.StatusServiceUnavailable
-		}
-		refuse(status, "RATE_LIMIT_EXCEEDED", err.Error(), "refused")
-		return
-	}
-	handedOff := false
-	defer func() {
-		if !handedOff {
-			s.hub.Disconnect(conn)
-		}
-	}()
-
+	conn := sess.Conn()
 	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
-	var joined []string
-	var denied []hub.ErrorData
+	var denied []protocol.Error
 	// What the joins queued is taken out of the hub's queue after each
 	// join: the replays of several projects together may exceed QueueLimit,
 	// which is meant for a client that does not read, not for a stream that
@@ -185,24 +141,23 @@ func (s *SSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if n, ok := since[p]; ok {
 			from = &n
 		}
-		res, err := s.hub.Join(ctx, conn, p, from, nil)
+		res, e := sess.Join(ctx, p, from, nil)
 		first = conn.Pull(first, 0)
-		if err != nil {
-			denied = append(denied, joinError(err, p))
+		if e != nil {
+			denied = append(denied, *e)
 			continue
 		}
-		joined = append(joined, p)
 		seqs[p] = res.Seq
 		if res.Recovered != nil && *res.Recovered {
 			seqs[p] = *from
 		}
 	}
 	cancel()
-	if len(joined) == 0 {
-		if slices.ContainsFunc(denied, func(d hub.ErrorData) bool { return d.Code == "PROJECT_ACCESS_DENIED" }) {
-			refuse(http.StatusForbidden, "PROJECT_ACCESS_DENIED", "no listed project may be accessed", "forbidden")
+	if len(seqs) == 0 {
+		if slices.ContainsFunc(denied, func(d protocol.Error) bool { return d.Code == protocol.CodeProjectAccessDenied }) {
+			fail(http.StatusForbidden, protocol.CodeProjectAccessDenied, "no listed project may be accessed", "forbidden")
 		} else {
-			refuse(http.StatusServiceUnavailable, "JOIN_PROJECT_ERROR", "the projects could not be joined now", "join_failed")
+			fail(http.StatusServiceUnavailable, protocol.CodeJoinProjectError, "the projects could not be joined now", "join_failed")
 		}
 		return
 	}
@@ -211,16 +166,11 @@ func (s *SSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for _, d := range denied {
 		first = append(first, hub.ErrorFrame(d, nil))
 	}
-	slices.Sort(joined)
-	cur := cursor{projects: joined, seqs: make([]int64, len(joined))}
-	for i, p := range joined {
-		cur.seqs[i] = seqs[p]
-	}
-	// Every joined_project comes first (PROTOCOL section 4), then replays
-	// and live events; a stable partition keeps each project's order.
+	// Every joined_project comes first (docs/protocol.md, SSE), then
+	// replays and live events; a stable partition keeps each project's order.
 	first = conn.Pull(first, 0)
 	slices.SortStableFunc(first, func(a, b *hub.Frame) int {
-		return boolRank(a.Name != "joined_project") - boolRank(b.Name != "joined_project")
+		return boolRank(a.Name != protocol.JoinedProject) - boolRank(b.Name != protocol.JoinedProject)
 	})
 
 	// Take the connection over: the stream's own goroutine writes it from
@@ -229,11 +179,11 @@ func (s *SSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// otherwise keep for the stream's whole life.
 	nc, brw, err := http.NewResponseController(unwrapWriter(w)).Hijack()
 	if err != nil {
-		refuse(http.StatusInternalServerError, "INTERNAL_ERROR", "streaming is not supported on this connection", "hijack_failed")
+		fail(http.StatusInternalServerError, protocol.CodeInternalError, "streaming is not supported on this connection", "hijack_failed")
 		return
 	}
 	_ = brw // its buffers hold nothing we need: the client sends nothing more
-	metrics.WithLabelValues(sseTransportName, "ok").Inc()
+	metrics.Handshakes.WithLabelValues(protocol.SSE, "ok").Inc()
 	s.mu.Lock()
 	s.streams++
 	s.mu.Unlock()
@@ -244,13 +194,14 @@ func (s *SSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		head += "Access-Control-Allow-Origin: " + o + "\r\nVary: Origin\r\n"
 	}
 	head += "\r\nretry: " + strconv.FormatInt(s.opts.Retry.Milliseconds(), 10) + "\n\n"
-	ss := &sseWriter{s: s, conn: conn, st: st, nc: nc, cur: cur}
+	ss := &sseWriter{s: s, sess: sess, conn: conn, st: st, nc: nc, cur: protocol.NewPosition(seqs)}
 	handedOff = true
 	if !ss.write([]byte(head), first) {
 		ss.end()
 		return
 	}
-	go ss.loop(exp)
+	sess.Start() // arms the token's expiry, which ends the stream
+	go ss.loop()
 }
 
 // sseHead is the response head of every stream. The body ends when the
@@ -262,42 +213,14 @@ const sseHead = "HTTP/1.1 200 OK\r\n" +
 	"X-Accel-Buffering: no\r\n" +
 	"Connection: close\r\n"
 
-// cursor is the stream's position: the last seq written per project, in
-// the order of projects (sorted).
-type cursor struct {
-	projects []string
-	seqs     []int64
-}
-
-func (c *cursor) advance(projectID string, seq int64) bool {
-	for i, p := range c.projects {
-		if p == projectID {
-			c.seqs[i] = seq
-			return true
-		}
-	}
-	return false
-}
-
-func (c *cursor) append(b []byte) []byte {
-	for i, p := range c.projects {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, p...)
-		b = append(b, ':')
-		b = strconv.AppendInt(b, c.seqs[i], 10)
-	}
-	return b
-}
-
 // sseWriter owns one hijacked stream.
 type sseWriter struct {
 	s    *SSE
+	sess *session.Session
 	conn *hub.Conn
 	st   *sseStream
 	nc   net.Conn
-	cur  cursor
+	cur  protocol.Position
 }
 
 // batchPool holds the buffers batches are built in: a stream holds none
@@ -323,8 +246,8 @@ func (w *sseWriter) write(prefix []byte, frames []*hub.Frame) bool {
 			break
 		}
 		var id []byte
-		if f.Seq > 0 && w.cur.advance(f.ProjectID, f.Seq) {
-			id = w.cur.append(make([]byte, 0, 64))
+		if f.Seq > 0 && w.cur.Advance(f.ProjectID, f.Seq) {
+			id = w.cur.Append(make([]byte, 0, 64))
 		}
 		writeSSE(buf, f.Name, f.JSON, id)
 		w.s.sent.Inc()
@@ -339,28 +262,18 @@ func (w *sseWriter) write(prefix []byte, frames []*hub.Frame) bool {
 	return err == nil && goOn
 }
 
-// loop writes what the hub queues until the client leaves, the token
-// expires, the hub closes the stream, or it falls behind.
-func (w *sseWriter) loop(exp time.Time) {
+// loop writes what the hub queues until the client leaves, the hub closes
+// the stream (the token expired: the session queued the error and a close),
+// or it falls behind.
+func (w *sseWriter) loop() {
 	defer w.end()
 	heartbeat := time.NewTicker(w.s.opts.Heartbeat)
 	defer heartbeat.Stop()
-	var expired <-chan time.Time
-	if !exp.IsZero() {
-		t := time.NewTimer(time.Until(exp))
-		defer t.Stop()
-		expired = t.C
-	}
 	var frames []*hub.Frame
 	for {
 		select {
 		case <-w.st.done:
 			return // aborted: too slow; the client resumes with its cursor
-		case <-expired:
-			var buf bytes.Buffer
-			writeSSE(&buf, "error", hub.ErrorFrame(hub.ErrorData{Code: "TOKEN_EXPIRED", Message: "token expired"}, nil).JSON, nil)
-			w.write(buf.Bytes(), nil)
-			return
 		case <-heartbeat.C:
 			if w.gone() || !w.write([]byte(": heartbeat\n\n"), nil) {
 				return
@@ -390,7 +303,7 @@ func (w *sseWriter) gone() bool {
 
 func (w *sseWriter) end() {
 	w.nc.Close()
-	w.s.hub.Disconnect(w.conn)
+	w.sess.End()
 	w.s.mu.Lock()
 	w.s.streams--
 	w.s.mu.Unlock()
@@ -439,7 +352,7 @@ func writeSSE(bw *bytes.Buffer, name string, data, id []byte) {
 	bw.WriteByte('\n')
 }
 
-// sseStream is the hub's Outlet for one stream.
+// sseStream is the session's Peer for one stream.
 type sseStream struct {
 	wake chan struct{}
 	done chan struct{}
@@ -483,6 +396,16 @@ func (st *sseStream) Wake() {
 // Warm does nothing: Wake only signals the stream's goroutine, which
 // writes on its own time.
 func (st *sseStream) Warm() {}
+
+// Attach does nothing: the stream's writer has the connection from the
+// session before it starts.
+func (st *sseStream) Attach(*hub.Conn) {}
+
+// Direct does nothing: a stream is authenticated before it starts.
+func (st *sseStream) Direct([]byte) {}
+
+// Close ends the stream; what was written is out already.
+func (st *sseStream) Close(code int, reason string) { st.Abort(code, reason) }
 
 // Abort ends the stream: the writer returns at once, even from a write
 // blocked on a client that reads nothing (the hub aborts exactly those:

@@ -1,4 +1,4 @@
-package transports
+package protocol
 
 import (
 	"bytes"
@@ -52,32 +52,16 @@ func DecodeClientFrame(b []byte) (ClientFrame, error) {
 	return f, nil
 }
 
-// maxProjectID bounds project ids from clients; Saga's are UUIDs.
-const maxProjectID = 128
-
-// ValidID rejects ids that are empty, too long, or hold control characters
-// or the separators of the since and cursor formats (',' and ':').
-func ValidID(s string) bool {
-	if s == "" || len(s) > maxProjectID {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x20 || s[i] == 0x7f || s[i] == ',' || s[i] == ':' {
-			return false
-		}
-	}
-	return utf8.ValidString(s)
-}
-
-// projectRef is the data of join_project and leave_project: an object
+// ProjectRef is the data of join_project and leave_project: an object
 // {"projectId","since"?} or a bare projectId string.
-type projectRef struct {
+type ProjectRef struct {
 	ProjectID string
 	Since     *int64
 }
 
-func decodeProjectRef(data json.RawMessage) (projectRef, error) {
-	var ref projectRef
+// DecodeProjectRef reads the data of join_project or leave_project.
+func DecodeProjectRef(data json.RawMessage) (ProjectRef, error) {
+	var ref ProjectRef
 	if len(data) == 0 {
 		return ref, errors.New("data must hold a projectId")
 	}
@@ -108,20 +92,22 @@ func decodeProjectRef(data json.RawMessage) (projectRef, error) {
 	return ref, nil
 }
 
-type typingData struct {
+// Typing is the data of typing_start and typing_stop.
+type Typing struct {
 	ProjectID string `json:"projectId"`
 	StoryID   string `json:"storyId"`
 }
 
-func decodeTyping(data json.RawMessage) (typingData, error) {
-	var t typingData
+// DecodeTyping reads the data of typing_start or typing_stop.
+func DecodeTyping(data json.RawMessage) (Typing, error) {
+	var t Typing
 	if len(data) == 0 || data[0] != '{' || json.Unmarshal(data, &t) != nil {
 		return t, errors.New("data must be {\"projectId\",\"storyId\"}")
 	}
 	if !ValidID(t.ProjectID) {
 		return t, errors.New("invalid projectId")
 	}
-	if len(t.StoryID) > maxProjectID || !utf8.ValidString(t.StoryID) {
+	if len(t.StoryID) > MaxIDLen || !utf8.ValidString(t.StoryID) {
 		return t, errors.New("invalid storyId")
 	}
 	return t, nil
@@ -131,7 +117,8 @@ type authData struct {
 	Token string `json:"token"`
 }
 
-func decodeAuth(data json.RawMessage) (string, error) {
+// DecodeAuth reads the data of an auth frame: the token.
+func DecodeAuth(data json.RawMessage) (string, error) {
 	var a authData
 	if len(data) == 0 || data[0] != '{' || json.Unmarshal(data, &a) != nil || a.Token == "" {
 		return "", errors.New("data must be {\"token\"}")

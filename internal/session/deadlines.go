@@ -1,4 +1,4 @@
-package transports
+package session
 
 import (
 	"container/heap"
@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// deadlines runs the WebSocket connections' timed checks (the auth frame's
+// deadlines runs the sessions' timed checks (the auth frame's
 // deadline, then the token's expiry) from one heap and one timer: a timer and
 // a closure per connection would cost more than the rest of an idle
 // connection's bookkeeping. A client has at most one entry: setting a new
@@ -19,7 +19,7 @@ type deadlines struct {
 	next  time.Time // when the timer fires; zero when stopped
 }
 
-type deadlineHeap []*wsClient // ordered by deadlineAt; each knows its index
+type deadlineHeap []*Session // ordered by deadlineAt; each knows its index
 
 func (h deadlineHeap) Len() int           { return len(h) }
 func (h deadlineHeap) Less(i, j int) bool { return h[i].deadlineAt.Before(h[j].deadlineAt) }
@@ -28,7 +28,7 @@ func (h deadlineHeap) Swap(i, j int) {
 	h[i].deadlineIdx, h[j].deadlineIdx = i, j
 }
 func (h *deadlineHeap) Push(x any) {
-	c := x.(*wsClient)
+	c := x.(*Session)
 	c.deadlineIdx = len(*h)
 	*h = append(*h, c)
 }
@@ -42,7 +42,7 @@ func (h *deadlineHeap) Pop() any {
 }
 
 // set schedules c.due(at), replacing c's earlier deadline.
-func (d *deadlines) set(c *wsClient, at time.Time) {
+func (d *deadlines) set(c *Session, at time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c.deadlineAt = at
@@ -57,7 +57,7 @@ func (d *deadlines) set(c *wsClient, at time.Time) {
 }
 
 // remove forgets c's deadline, if any.
-func (d *deadlines) remove(c *wsClient) {
+func (d *deadlines) remove(c *Session) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if c.deadlineIdx >= 0 {
@@ -85,13 +85,13 @@ func (d *deadlines) len() int {
 func (d *deadlines) fire() {
 	now := time.Now()
 	type dueAt struct {
-		c  *wsClient
+		c  *Session
 		at time.Time
 	}
 	var due []dueAt
 	d.mu.Lock()
 	for len(d.h) > 0 && !d.h[0].deadlineAt.After(now) {
-		c := heap.Pop(&d.h).(*wsClient)
+		c := heap.Pop(&d.h).(*Session)
 		due = append(due, dueAt{c, c.deadlineAt})
 	}
 	d.next = time.Time{}

@@ -7,11 +7,11 @@ import (
 	"github.com/olahol/melody"
 )
 
-// sessions finds the client of a melody session. melody would carry it in a
+// clients finds the client of a melody session. melody would carry it in a
 // per-session Keys map, about 300 bytes for one entry on every idle
 // connection; a sharded index costs an entry. Sharded because melody calls
 // back, per message, from every connection's goroutines.
-type sessions struct {
+type clients struct {
 	seed   maphash.Seed
 	shards [64]struct {
 		mu sync.RWMutex
@@ -19,33 +19,33 @@ type sessions struct {
 	}
 }
 
-func newSessions() *sessions {
-	x := &sessions{seed: maphash.MakeSeed()}
+func newClients() *clients {
+	x := &clients{seed: maphash.MakeSeed()}
 	for i := range x.shards {
 		x.shards[i].m = make(map[*melody.Session]*wsClient)
 	}
 	return x
 }
 
-func (x *sessions) shard(s *melody.Session) int {
+func (x *clients) shard(s *melody.Session) int {
 	return int(maphash.Comparable(x.seed, s) % uint64(len(x.shards)))
 }
 
-func (x *sessions) get(s *melody.Session) *wsClient {
+func (x *clients) get(s *melody.Session) *wsClient {
 	sh := &x.shards[x.shard(s)]
 	sh.mu.RLock()
 	defer sh.mu.RUnlock()
 	return sh.m[s]
 }
 
-func (x *sessions) put(s *melody.Session, c *wsClient) {
+func (x *clients) put(s *melody.Session, c *wsClient) {
 	sh := &x.shards[x.shard(s)]
 	sh.mu.Lock()
 	sh.m[s] = c
 	sh.mu.Unlock()
 }
 
-func (x *sessions) remove(s *melody.Session) {
+func (x *clients) remove(s *melody.Session) {
 	sh := &x.shards[x.shard(s)]
 	sh.mu.Lock()
 	delete(sh.m, s)
@@ -53,7 +53,7 @@ func (x *sessions) remove(s *melody.Session) {
 }
 
 // all lists every client.
-func (x *sessions) all() []*wsClient {
+func (x *clients) all() []*wsClient {
 	var out []*wsClient
 	for i := range x.shards {
 		sh := &x.shards[i]
@@ -66,7 +66,7 @@ func (x *sessions) all() []*wsClient {
 	return out
 }
 
-func (x *sessions) len() int {
+func (x *clients) len() int {
 	n := 0
 	for i := range x.shards {
 		sh := &x.shards[i]

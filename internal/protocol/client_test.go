@@ -1,4 +1,4 @@
-package transports
+package protocol
 
 import (
 	"bytes"
@@ -96,7 +96,7 @@ func TestDecodeProjectRef(t *testing.T) {
 		{in: `"unterminated`},
 	}
 	for _, tc := range cases {
-		ref, err := decodeProjectRef(json.RawMessage(tc.in))
+		ref, err := DecodeProjectRef(json.RawMessage(tc.in))
 		if (err == nil) != tc.ok {
 			t.Errorf("%q: err %v, want ok %v", tc.in, err, tc.ok)
 			continue
@@ -134,7 +134,7 @@ func TestDecodeTyping(t *testing.T) {
 		{in: `null`},
 	}
 	for _, tc := range cases {
-		d, err := decodeTyping(json.RawMessage(tc.in))
+		d, err := DecodeTyping(json.RawMessage(tc.in))
 		if (err == nil) != tc.ok {
 			t.Errorf("%q: err %v, want ok %v", tc.in, err, tc.ok)
 			continue
@@ -154,7 +154,7 @@ func TestDecodeAuth(t *testing.T) {
 		`{"token":5}`:     false,
 		``:                false,
 	} {
-		tok, err := decodeAuth(json.RawMessage(in))
+		tok, err := DecodeAuth(json.RawMessage(in))
 		if (err == nil) != ok || (ok && tok != "abc") {
 			t.Errorf("%q: %q %v, want ok %v", in, tok, err, ok)
 		}
@@ -213,9 +213,9 @@ func FuzzDecodeClientFrame(f *testing.F) {
 		}
 		// The decoders of data never panic either.
 		if err == nil {
-			decodeProjectRef(fr.Data)
-			decodeTyping(fr.Data)
-			decodeAuth(fr.Data)
+			DecodeProjectRef(fr.Data)
+			DecodeTyping(fr.Data)
+			DecodeAuth(fr.Data)
 		}
 	})
 }

@@ -1,4 +1,4 @@
-package transports
+package session
 
 import (
 	"testing"
@@ -10,8 +10,7 @@ import (
 // whole connection).
 func TestDeadlines(t *testing.T) {
 	var d deadlines
-	ws := &WebSocket{}
-	mk := func() *wsClient { return &wsClient{ws: ws, deadlineIdx: -1, gone: true} }
+	mk := func() *Session { return &Session{deadlineIdx: -1, ended: true} }
 	a, b, c := mk(), mk(), mk()
 	now := time.Now()
 	d.set(a, now.Add(time.Hour))
