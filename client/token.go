@@ -1,10 +1,11 @@
 package client
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
-	"math/rand/v2"
-	"strconv"
+	"errors"
+	"fmt"
 	"strings"
 	"time"
 )
@@ -57,22 +58,108 @@ func refreshDelay(token string, now time.Time) (time.Duration, bool) {
 	return max(0, exp.Sub(now)-lead), true
 }
 
-// backoff is exponential backoff with full jitter: a random delay in
-// [0, min(max, base*2^attempt)).
-func backoff(attempt int, base, ceiling time.Duration) time.Duration {
-	d := base
-	for i := 0; i < attempt && d < ceiling; i++ {
-		d *= 2
+func (c *Client) obtainToken(ctx context.Context) (failure, bool) {
+	if c.opts.GetToken != nil {
+		tctx, cancel := context.WithTimeout(ctx, c.opts.RequestTimeout)
+		tok, err := c.opts.GetToken(tctx)
+		cancel()
+		if err == nil && tok == "" {
+			err = errors.New("GetToken returned no token")
+		}
+		if err != nil {
+			return failure{err: fmt.Errorf("client: GetToken: %w", err)}, false
+		}
+		c.mu.Lock()
+		c.token = tok
+		c.mu.Unlock()
+		return failure{}, true
 	}
-	return jitter(min(d, ceiling))
+	c.mu.Lock()
+	tok := c.token
+	c.mu.Unlock()
+	if exp, ok := tokenExpiry(tok); ok && !exp.After(time.Now()) {
+		return failure{fatal: true, err: &Error{Code: "TOKEN_EXPIRED", Message: "the token has expired and no GetToken was given"}}, false
+	}
+	return failure{}, true
 }
 
-// jitter is a random duration in [0, d).
-func jitter(d time.Duration) time.Duration {
-	if d <= 0 {
-		return 0
-	}
-	return rand.N(d)
+// refresher schedules token refreshes for a session: min(30 s, 10% of the
+// token's lifetime) before it expires, GetToken runs on a goroutine of its
+// own and its token comes on done.
+type refresher struct {
+	c     *Client
+	ctx   context.Context
+	timer *time.Timer
+	fire  <-chan time.Time // nil: nothing scheduled
+	done  chan string      // a new token
 }
 
-func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+func (c *Client) newRefresher(ctx context.Context) *refresher {
+	r := &refresher{c: c, ctx: ctx, done: make(chan string, 1)}
+	r.schedule()
+	return r
+}
+
+// schedule arms the timer for the current token (nothing without GetToken
+// or for a token without exp).
+func (r *refresher) schedule() {
+	r.stop()
+	if r.c.opts.GetToken == nil {
+		return
+	}
+	r.c.mu.Lock()
+	tok := r.c.token
+	r.c.mu.Unlock()
+	if d, ok := refreshDelay(tok, time.Now()); ok {
+		r.after(max(d, time.Second))
+	}
+}
+
+func (r *refresher) after(d time.Duration) {
+	r.timer = time.NewTimer(d)
+	r.fire = r.timer.C
+}
+
+func (r *refresher) stop() {
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	r.timer, r.fire = nil, nil
+}
+
+// start calls GetToken in the background (the timer fired).
+func (r *refresher) start() {
+	r.stop()
+	go func() {
+		ctx, cancel := context.WithTimeout(r.ctx, r.c.opts.RequestTimeout)
+		defer cancel()
+		tok, err := r.c.opts.GetToken(ctx)
+		if err == nil && tok == "" {
+			err = errors.New("GetToken returned no token")
+		}
+		if err != nil {
+			if r.ctx.Err() == nil {
+				r.c.log.Warn("saga push: token refresh failed", "err", err)
+			}
+			tok = ""
+		}
+		select {
+		case r.done <- tok:
+		case <-r.ctx.Done():
+		}
+	}()
+}
+
+// got handles a refresh result; it reports whether there is a new token
+// (now the client's), and re-arms the timer.
+func (r *refresher) got(tok string) bool {
+	if tok == "" {
+		r.after(5 * time.Second) // try again soon
+		return false
+	}
+	r.c.mu.Lock()
+	r.c.token = tok
+	r.c.mu.Unlock()
+	r.schedule()
+	return true
+}

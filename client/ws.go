@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/coder/websocket"
 )
@@ -137,62 +136,6 @@ func (c *Client) keepWS(ctx context.Context, ws *wsConn) failure {
 				}
 			}()
 		}
-	}
-}
-
-// sendJoin sends join_project for a wanted project, with since when a seq is
-// known, and handles a refusal. joined_project itself is handled by handle.
-func (c *Client) sendJoin(ws *wsConn, id string, p *project) {
-	for {
-		c.mu.Lock()
-		if c.projects[id] != p || c.ws != ws && c.cur != ws {
-			c.mu.Unlock()
-			return
-		}
-		data := map[string]any{"projectId": id}
-		if p.hasSeq {
-			data["since"] = p.lastSeq
-		}
-		c.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), c.opts.RequestTimeout)
-		_, err := ws.request(ctx, "join_project", data)
-		cancel()
-		if err == nil || errors.Is(err, errConnClosed) {
-			return // joined (handled as it came), or rejoined on reconnect
-		}
-		c.mu.Lock()
-		if c.projects[id] != p || c.ws != ws {
-			c.mu.Unlock()
-			return
-		}
-		if errors.Is(err, context.DeadlineExceeded) && p.joined {
-			c.mu.Unlock()
-			return // joined_project came without its ack
-		}
-		var e *Error
-		if errors.As(err, &e) && e.Code == "RATE_LIMIT_EXCEEDED" {
-			c.mu.Unlock()
-			wait := time.Duration(e.RetryAfterMs) * time.Millisecond
-			if wait <= 0 {
-				wait = time.Second
-			}
-			select {
-			case <-time.After(wait):
-				continue
-			case <-ws.done:
-				return
-			}
-		}
-		if e == nil {
-			e = &Error{Code: "JOIN_PROJECT_ERROR", Message: err.Error()}
-		}
-		if e.ProjectID == "" {
-			e.ProjectID = id
-		}
-		c.failProjectLocked(id, e)
-		c.mu.Unlock()
-		c.log.Warn("saga push: join refused", "project", id, "err", e)
-		return
 	}
 }
 
