@@ -26,7 +26,7 @@ lint:
 
 # Fuzz the client-frame decoder for a while (the seed corpus runs in make test).
 fuzz:
-	$(GO) test ./transports -run '^$$' -fuzz FuzzDecodeClientFrame -fuzztime 60s
+	$(GO) test ./internal/protocol -run '^$$' -fuzz FuzzDecodeClientFrame -fuzztime 60s
 
 bench: build
 	$(GO) run ./bench -out bench/results $(BENCH_ARGS)

@@ -192,8 +192,8 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	slog.SetDefault(log)
 	if os.Getenv("GOGC") == "" {
 		// Idle connections are most of this service's memory; a tighter
-		// heap goal keeps about 1 KiB less per connection resident, at no
-		// throughput cost measured by the bench (README, docs/performance.md).
+		// heap goal keeps less of it resident per connection, at no
+		// throughput cost the bench measures (docs/performance.md).
 		debug.SetGCPercent(50)
 	}
 
@@ -249,10 +249,10 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	handshakes := httpguard.NewAddrLimiter(cfg.HandshakeRate, cfg.HandshakeBurst)
 	ws := transports.NewWebSocket(sessions, transports.WSOptions{
 		PingInterval: cfg.PingInterval, PingTimeout: cfg.PingTimeout, Origins: cfg.Origins,
-		Handshakes: handshakes, Logger: log, CompressAbove: cfg.CompressAbove,
+		Handshakes: handshakes, CompressAbove: cfg.CompressAbove,
 	})
 	sse := transports.NewSSE(sessions, transports.SSEOptions{
-		Heartbeat: cfg.SSEHeartbeat, Origins: cfg.Origins, Handshakes: handshakes, Logger: log,
+		Heartbeat: cfg.SSEHeartbeat, Origins: cfg.Origins, Handshakes: handshakes,
 	})
 	e := handlers.New(handlers.Config{
 		Hub: h, Store: st, Auth: authn, WS: ws, SSE: sse, Origins: cfg.Origins,

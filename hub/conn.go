@@ -43,7 +43,7 @@ type Outlet interface {
 type Conn struct {
 	// What a fan-out touches comes first, in one cache line (Conn is 128
 	// bytes on 64-bit platforms, so its allocations are 64-byte aligned;
-	// TestConnLayout): at 15,000 members a fan-out is bound by cache
+	// TestConnLayout): in a big room a fan-out is bound by cache
 	// misses, one per line per member.
 	mu     sync.Mutex
 	closed bool

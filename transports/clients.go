@@ -8,8 +8,8 @@ import (
 )
 
 // clients finds the client of a melody session. melody would carry it in a
-// per-session Keys map, about 300 bytes for one entry on every idle
-// connection; a sharded index costs an entry. Sharded because melody calls
+// per-session Keys map, a map on every idle connection; a sharded index
+// costs an entry (docs/performance.md). Sharded because melody calls
 // back, per message, from every connection's goroutines.
 type clients struct {
 	seed   maphash.Seed

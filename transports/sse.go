@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"log/slog"
 	"net"
 	"net/http"
 	"slices"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"sagapush/auth"
 	"sagapush/hub"
 	"sagapush/internal/httpguard"
 	"sagapush/internal/protocol"
@@ -31,7 +29,6 @@ type SSEOptions struct {
 	WriteTimeout time.Duration
 	Origins      httpguard.Origins
 	Handshakes   *httpguard.AddrLimiter
-	Logger       *slog.Logger
 }
 
 // SSE serves GET /sse?projects=P1,P2: the same hub, messages and guarantees
@@ -48,18 +45,9 @@ type SSE struct {
 
 // NewSSE returns the transport.
 func NewSSE(sm *session.Manager, opts SSEOptions) *SSE {
-	if opts.Heartbeat <= 0 {
-		opts.Heartbeat = 15 * time.Second
-	}
-	if opts.Retry <= 0 {
-		opts.Retry = 2 * time.Second
-	}
-	if opts.WriteTimeout <= 0 {
-		opts.WriteTimeout = 30 * time.Second
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
+	orDefault(&opts.Heartbeat, 15*time.Second)
+	orDefault(&opts.Retry, 2*time.Second)
+	orDefault(&opts.WriteTimeout, 30*time.Second)
 	h := sm.Hub()
 	return &SSE{hub: h, sessions: sm, opts: opts, sent: h.Metrics().MessagesOut.WithLabelValues(protocol.SSE)}
 }
@@ -91,7 +79,7 @@ func (s *SSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	st := &sseStream{wake: make(chan struct{}, 1), done: make(chan struct{})}
 	sess := s.sessions.New(protocol.SSE, st)
-	if no := sess.Authenticate(r.Context(), auth.TokenFromRequest(r)); no != nil {
+	if no := sess.Authenticate(r.Context(), handshakeToken(r)); no != nil {
 		refuse(w, protocol.SSE, metrics, no)
 		return
 	}

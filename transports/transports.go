@@ -8,12 +8,25 @@ package transports
 import (
 	"encoding/json"
 	"net/http"
+	"time"
 
+	"sagapush/auth"
 	"sagapush/hub"
 	"sagapush/internal/httpguard"
 	"sagapush/internal/protocol"
 	"sagapush/internal/session"
 )
+
+// handshakeToken is where both transports find a client's token in its
+// handshake: the Authorization header, else the token query parameter.
+func handshakeToken(r *http.Request) string { return auth.TokenFromRequest(r) }
+
+// orDefault sets an unset (zero or negative) option to its default.
+func orDefault[T int | int64 | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
+}
 
 // WriteHTTPError answers {"error":{"code","message"}} (docs/protocol.md,
 // errors).

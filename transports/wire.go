@@ -19,8 +19,8 @@ import (
 )
 
 // The WebSocket write path. melody gives every connection a goroutine that
-// writes its frames one at a time; a fan-out to 15,000 members then costs
-// 15,000 goroutine wake-ups, gorilla frame builds and syscalls. Here, a data
+// writes its frames one at a time; a fan-out to N members then costs N
+// goroutine wake-ups, gorilla frame builds and syscalls. Here, a data
 // frame is encoded once per event (hub.Frame.Encoded) and written straight
 // from the goroutine that fans out, with a non-blocking write: when the
 // kernel takes it whole, a delivery costs one syscall and no goroutine. Only

@@ -3,7 +3,6 @@ package transports
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -15,7 +14,6 @@ import (
 	"github.com/olahol/melody"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"sagapush/auth"
 	"sagapush/hub"
 	"sagapush/internal/httpguard"
 	"sagapush/internal/protocol"
@@ -33,7 +31,6 @@ type WSOptions struct {
 	CompressAbove int
 	Origins       httpguard.Origins
 	Handshakes    *httpguard.AddrLimiter
-	Logger        *slog.Logger
 	ReadBuffer    int // gorilla read buffer (default 256; client frames are small)
 	WriteBuffer   int // gorilla write buffer, pooled: pings and close frames only (default 256)
 }
@@ -45,7 +42,6 @@ type WebSocket struct {
 	sessions *session.Manager
 	opts     WSOptions
 	m        *melody.Melody
-	log      *slog.Logger
 
 	sentCounter prometheus.Counter
 
@@ -57,24 +53,11 @@ type WebSocket struct {
 
 // NewWebSocket returns the transport.
 func NewWebSocket(sm *session.Manager, opts WSOptions) *WebSocket {
-	if opts.PingInterval <= 0 {
-		opts.PingInterval = 25 * time.Second
-	}
-	if opts.PingTimeout <= 0 {
-		opts.PingTimeout = 60 * time.Second
-	}
-	if opts.MaxMessageSize <= 0 {
-		opts.MaxMessageSize = 16 << 10
-	}
-	if opts.ReadBuffer <= 0 {
-		opts.ReadBuffer = 256
-	}
-	if opts.WriteBuffer <= 0 {
-		opts.WriteBuffer = 256
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
+	orDefault(&opts.PingInterval, 25*time.Second)
+	orDefault(&opts.PingTimeout, 60*time.Second)
+	orDefault(&opts.MaxMessageSize, 16<<10)
+	orDefault(&opts.ReadBuffer, 256)
+	orDefault(&opts.WriteBuffer, 256)
 	m := melody.New()
 	m.Config.PingPeriod = opts.PingInterval
 	m.Config.PongWait = opts.PingTimeout
@@ -94,7 +77,7 @@ func NewWebSocket(sm *session.Manager, opts WSOptions) *WebSocket {
 		HandshakeTimeout: 10 * time.Second,
 	}
 	h := sm.Hub()
-	ws := &WebSocket{hub: h, sessions: sm, opts: opts, m: m, log: opts.Logger, clients: newClients(),
+	ws := &WebSocket{hub: h, sessions: sm, opts: opts, m: m, clients: newClients(),
 		sentCounter: h.Metrics().MessagesOut.WithLabelValues(protocol.WebSocket)}
 	m.HandleConnect(ws.onConnect)
 	m.HandleDisconnect(ws.onDisconnect)
@@ -125,7 +108,7 @@ func (ws *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.session = ws.sessions.New(protocol.WebSocket, c)
 	if !ws.opts.Origins.Allowed(r) {
 		c.rejectOrigin = true
-	} else if token := auth.TokenFromRequest(r); token != "" {
+	} else if token := handshakeToken(r); token != "" {
 		if no := c.session.Authenticate(r.Context(), token); no != nil {
 			refuse(w, protocol.WebSocket, ws.hub.Metrics(), no)
 			return
@@ -225,7 +208,7 @@ func (ws *WebSocket) onMessage(s *melody.Session, msg []byte) {
 // state melody does not keep.
 type wsClient struct {
 	// What a fan-out touches (Wake, pumpLocked, sendLocked) comes first, in
-	// one cache line: at 15,000 members a fan-out is bound by cache misses.
+	// one cache line: in a big room a fan-out is bound by cache misses.
 	// The size is kept a multiple of 64 bytes (128 on 64-bit platforms;
 	// TestClientLayout), so allocations and this line are 64-byte aligned.
 	mu               sync.Mutex
