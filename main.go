@@ -254,8 +254,13 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	sse := transports.NewSSE(sessions, transports.SSEOptions{
 		Heartbeat: cfg.SSEHeartbeat, Origins: cfg.Origins, Handshakes: handshakes,
 	})
+	var database handlers.Health // none in embedded mode: the health says "disabled"
+	if st.Mode() != "embedded" {
+		database = st
+	}
 	e := handlers.New(handlers.Config{
-		Hub: h, Store: st, Auth: authn, WS: ws, SSE: sse, Origins: cfg.Origins,
+		Auth: authn, Stats: h, Publisher: st, UserEvents: h, Database: database,
+		WS: ws, SSE: sse, Origins: cfg.Origins,
 		Gatherer: reg, Web: web.Files, Logger: log, Pprof: os.Getenv("PPROF") == "1",
 	})
 

@@ -1,0 +1,47 @@
+package handlers
+
+import (
+	"context"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"sagapush/auth"
+	"sagapush/hub"
+	"sagapush/internal/protocol"
+)
+
+// Authenticator turns a request's token into a user (session.Authenticator
+// is one).
+type Authenticator interface {
+	Authenticate(ctx context.Context, token string) (*hub.User, time.Time, *protocol.Error)
+}
+
+// userKey is where requireRole leaves the request's *hub.User in the
+// echo.Context.
+const userKey = "sagapush.user"
+
+// requireRole lets a request through only with a valid token whose role is
+// one of roles: 401 (503 when the token cannot be checked now) or 403
+// otherwise.
+func requireRole(a Authenticator, roles ...string) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			u, _, e := a.Authenticate(c.Request().Context(), auth.TokenFromRequest(c.Request()))
+			if e != nil {
+				status := http.StatusUnauthorized
+				if e.Code == protocol.CodeInternalError {
+					status = http.StatusServiceUnavailable
+				}
+				return &apiError{status: status, err: *e}
+			}
+			if !slices.Contains(roles, u.Role) {
+				return newError(http.StatusForbidden, protocol.CodeForbidden, "this token's role may not do this")
+			}
+			c.Set(userKey, u)
+			return next(c)
+		}
+	}
+}

@@ -1,0 +1,43 @@
+package handlers
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"sagapush/hub"
+)
+
+// Stats counts connections, users and rooms (*hub.Hub is one).
+type Stats interface {
+	Stats() hub.Stats
+}
+
+// stats answers GET /api/websocket/stats (PROTOCOL section 7); requireRole
+// has already let the token through.
+func stats(s Stats) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		st := s.Stats()
+		projects := st.Projects
+		if projects == nil {
+			projects = []hub.ProjectStat{} // [] rather than null
+		}
+		return c.JSON(http.StatusOK, map[string]any{
+			"success": true,
+			"data": map[string]any{
+				"totalConnections":   st.Connections,
+				"projectCount":       len(st.Projects),
+				"userCount":          st.Users,
+				"projectConnections": projects,
+				"rateLimitStats": map[string]any{
+					"activeUsers":        st.Users,
+					"rateLimitWindow":    st.RateWindow,
+					"maxEventsPerWindow": st.RateMax,
+				},
+				"transports": map[string]int{"websocket": st.Transports["websocket"], "sse": st.Transports["sse"]},
+			},
+			"timestamp": time.Now().UTC().Format(time.RFC3339Nano),
+		})
+	}
+}
