@@ -69,7 +69,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// config is the environment of PROTOCOL section 1, plus the operator's knobs
+// config is the environment of docs/protocol.md section 2, plus the operator's knobs
 // documented in the README.
 type config struct {
 	Port            string

@@ -1,7 +1,7 @@
 // Package client is the Go client of Saga push: reconnect, resume and both
 // transports, with the semantics of the browser client.
 //
-// It follows web/client.js (PROTOCOL.md section 10) choice for choice:
+// It follows web/client.js (docs/protocol.md section 11) choice for choice:
 //
 //   - Transports are tried in the order of [Options.Transports] (default
 //     WebSocket, then SSE). A WebSocket counts as working once it answers a
@@ -136,7 +136,7 @@ type Options struct {
 	MaxMessageSize int64
 }
 
-// Error is an error sent by the server ({"code","message",...}, PROTOCOL
+// Error is an error sent by the server ({"code","message",...}, docs/protocol.md
 // section 6), or one of the client's own codes: TOKEN_EXPIRED,
 // ORIGIN_NOT_ALLOWED, UNAUTHORIZED, TRANSPORT_FAILED, CONNECTION_CLOSED,
 // LEFT_PROJECT, NOT_IN_PROJECT.

@@ -12,7 +12,7 @@ import (
 	"github.com/coder/websocket"
 )
 
-// Close codes of PROTOCOL section 3 that change what the client does.
+// Close codes of docs/protocol.md section 4 that change what the client does.
 const (
 	closeOriginRefused = 1008
 	closeUnauthorized  = 4401

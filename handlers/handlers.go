@@ -1,6 +1,6 @@
 // Package handlers is the HTTP surface of Saga push: it routes each request
 // to a transport or to an API handler, and answers every HTTP error in the
-// contract's one shape (PROTOCOL sections 6 and 7).
+// contract's one shape (docs/protocol.md sections 7 and 8).
 package handlers
 
 import (
@@ -38,7 +38,7 @@ type Config struct {
 	Pprof bool
 }
 
-// New returns the echo server with every route of PROTOCOL sections 3, 4 and 7.
+// New returns the echo server with every route of docs/protocol.md sections 4, 5 and 8.
 func New(cfg Config) *echo.Echo {
 	log := cfg.Logger
 	if log == nil {

@@ -14,7 +14,7 @@ type Health interface {
 	Healthy(ctx context.Context) error
 }
 
-// health answers GET /api/websocket/health (PROTOCOL section 7): 503 when
+// health answers GET /api/websocket/health (docs/protocol.md section 8): 503 when
 // the database is down; db is nil when there is no database.
 func health(s Stats, db Health) echo.HandlerFunc {
 	return func(c echo.Context) error {

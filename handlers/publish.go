@@ -32,7 +32,7 @@ type publishRequest struct {
 	Data      json.RawMessage `json:"data"`
 }
 
-// publish answers POST /api/events (PROTOCOL section 7): a domain event for
+// publish answers POST /api/events (docs/protocol.md section 8): a domain event for
 // a project, stored, or any event for a user, relayed only. requireRole has
 // already let the token through.
 func publish(p Publisher, users UserEvents, log *slog.Logger) echo.HandlerFunc {
@@ -83,7 +83,7 @@ func decodePublish(body io.Reader) (publishRequest, error) {
 		return req, badRequest("give projectId or userId, not both")
 	case req.ProjectID != "":
 		if !protocol.DomainEvents[req.Event] {
-			return req, badRequest("unknown event: it must be one of PROTOCOL section 5")
+			return req, badRequest("unknown event: it must be one of docs/protocol.md section 6")
 		}
 		if !protocol.ValidID(req.ProjectID) {
 			return req, badRequest("invalid projectId")

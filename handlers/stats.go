@@ -14,7 +14,7 @@ type Stats interface {
 	Stats() hub.Stats
 }
 
-// stats answers GET /api/websocket/stats (PROTOCOL section 7); requireRole
+// stats answers GET /api/websocket/stats (docs/protocol.md section 8); requireRole
 // has already let the token through.
 func stats(s Stats) echo.HandlerFunc {
 	return func(c echo.Context) error {

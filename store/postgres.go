@@ -280,7 +280,7 @@ func (p *Postgres) Publish(ctx context.Context, projectID, name string, data jso
 	return seq, nil
 }
 
-// Role decides access per PROTOCOL section 8: a project_roles row gives its
+// Role decides access per docs/protocol.md section 9: a project_roles row gives its
 // role; else being the project's facilitator or storyteller does.
 func (p *Postgres) Role(ctx context.Context, u *hub.User, projectID string) (string, error) {
 	var roles []string

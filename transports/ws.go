@@ -236,7 +236,7 @@ type wsClient struct {
 	_ [16]byte // to a multiple of 64 bytes (TestClientLayout)
 }
 
-// touch counts any client frame as a sign of life (PROTOCOL: the timeout is
+// touch counts any client frame as a sign of life (docs/protocol.md section 4.5: the timeout is
 // "without any client frame or pong"); melody only counts pongs. It runs on
 // the read goroutine, the only one that may set the read deadline.
 func (c *wsClient) touch() {

@@ -1,5 +1,5 @@
 /**
- * Saga push browser client: type declarations for `/client.js` (PROTOCOL.md section 10).
+ * Saga push browser client: type declarations for `/client.js` (docs/protocol.md section 11).
  */
 
 export type TransportName = 'websocket' | 'sse'
@@ -7,7 +7,7 @@ export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'dis
 
 /** What every rejection and every 'error' event carries: the server's error data or a client code. */
 export interface SagaError {
-  /** Server codes (PROTOCOL.md section 6) or client codes: TIMEOUT, NOT_CONNECTED, CONNECTION_CLOSED,
+  /** Server codes (docs/protocol.md section 7) or client codes: TIMEOUT, NOT_CONNECTED, CONNECTION_CLOSED,
    *  DISCONNECTED, TOKEN_EXPIRED, TOKEN_ERROR, ORIGIN_NOT_ALLOWED, RECONNECT_FAILED, TRANSPORT_FAILED,
    *  NOT_IN_PROJECT, LEFT_PROJECT, INVALID_SERVER_MESSAGE. */
   code: string

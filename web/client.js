@@ -1,7 +1,7 @@
 /**
  * Saga push browser client (an ES module with no dependencies).
  *
- * Contract: PROTOCOL.md section 10. In short:
+ * Contract: docs/protocol.md section 11. In short:
  *
  *   import { SagaClient } from '/client.js'
  *   const client = new SagaClient({ url, token })      // or getToken: async () => 'jwt'
