@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +20,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"sagapush/internal/wsraw"
 )
 
 // The generator's WebSocket reading side. It shares the cores with the
@@ -39,16 +40,6 @@ import (
 // connection that became ready meanwhile, so the server's loopback writes
 // seldom have a sleeping epoll thread to wake, and the generator pays one
 // epoll_wait and one context switch per batch, not per few messages.
-
-// WebSocket opcodes (RFC 6455 5.2).
-const (
-	opCont   = 0
-	opText   = 1
-	opBinary = 2
-	opClose  = 8
-	opPing   = 9
-	opPong   = 10
-)
 
 // maxFrame bounds a message: the server's are small, and a corrupt length
 // must not make the generator allocate gigabytes.
@@ -336,7 +327,7 @@ func (c *wsConn) fail(err error) (code int) {
 		if ce.code != 1005 { // "no status" is answered with an empty close
 			payload = binary.BigEndian.AppendUint16(nil, uint16(ce.code))
 		}
-		c.write(appendMasked(nil, opClose, payload))
+		c.write(wsraw.AppendMasked(nil, wsraw.OpClose, payload))
 	}
 	c.p.closeLocked(c)
 	return code
@@ -507,7 +498,7 @@ func (c *wsConn) handshake(addr, path string, join []byte, timeout time.Duration
 	case resp.Header.Get("Sec-WebSocket-Extensions") != "":
 		return errors.New("websocket: bad handshake: extension not offered")
 	}
-	if _, err := nc.Write(appendMasked(nil, opText, join)); err != nil {
+	if _, err := nc.Write(wsraw.AppendMasked(nil, wsraw.OpText, join)); err != nil {
 		return err
 	}
 	for !c.joined {
@@ -592,7 +583,8 @@ func (c *wsConn) feed(data []byte, now time.Time) error {
 	// First finish the frame left incomplete by the last read, taking from
 	// data only the bytes it needs.
 	for len(c.pend) > 0 {
-		hdr, n, err := frameLen(c.pend)
+		h, hdr := wsraw.ParseHeader(c.pend)
+		n, err := frameLen(h, hdr)
 		if err != nil {
 			return err
 		}
@@ -600,7 +592,7 @@ func (c *wsConn) feed(data []byte, now time.Time) error {
 			if len(data) == 0 {
 				return nil
 			}
-			if hdr > 0 && cap(c.pend) < n {
+			if hdr <= len(c.pend) && cap(c.pend) < n {
 				c.pend = append(make([]byte, 0, n), c.pend...)
 			}
 			k := min(n-len(c.pend), len(data))
@@ -619,12 +611,13 @@ func (c *wsConn) feed(data []byte, now time.Time) error {
 	}
 	// Then the frames of data in place: most reads hold whole frames.
 	for len(data) > 0 {
-		hdr, n, err := frameLen(data)
+		h, hdr := wsraw.ParseHeader(data)
+		n, err := frameLen(h, hdr)
 		if err != nil {
 			return err
 		}
 		if len(data) < n {
-			if hdr > 0 && cap(c.pend) < n {
+			if hdr <= len(data) && cap(c.pend) < n {
 				c.pend = make([]byte, 0, n)
 			}
 			c.pend = append(c.pend[:0], data...)
@@ -638,49 +631,28 @@ func (c *wsConn) feed(data []byte, now time.Time) error {
 	return nil
 }
 
-// frameLen reads the frame header at the start of b: hdr is its length and
-// n the whole frame's; while the header is incomplete, hdr is 0 and n the
-// length that header needs so far.
-func frameLen(b []byte) (hdr, n int, err error) {
-	if len(b) < 2 {
-		return 0, 2, nil
+// frameLen checks the header that wsraw.ParseHeader found, h of length
+// hdr, and returns the whole frame's length; while the header is
+// incomplete (h is zero then), the length that header needs so far. Small
+// enough to be inlined: feed calls it for every frame.
+func frameLen(h wsraw.Header, hdr int) (n int, err error) {
+	switch {
+	case h.Masked: // a client must fail on a masked frame (RFC 6455 5.1)
+		return 0, errMasked
+	case h.Len > maxFrame:
+		return 0, errTooBig
 	}
-	if b[1]&0x80 != 0 { // a client must fail on a masked frame (RFC 6455 5.1)
-		return 0, 0, errMasked
-	}
-	hdr = 2
-	switch b[1] & 0x7f {
-	case 126:
-		hdr = 4
-	case 127:
-		hdr = 10
-	}
-	if len(b) < hdr {
-		return 0, hdr, nil
-	}
-	var size uint64
-	switch hdr {
-	case 2:
-		size = uint64(b[1] & 0x7f)
-	case 4:
-		size = uint64(binary.BigEndian.Uint16(b[2:]))
-	default:
-		size = binary.BigEndian.Uint64(b[2:])
-	}
-	if size > maxFrame {
-		return 0, 0, errTooBig
-	}
-	return hdr, hdr + int(size), nil
+	return hdr + int(h.Len), nil
 }
 
 // frame handles one complete frame whose first byte is b0. c.mu is held.
 func (c *wsConn) frame(b0 byte, payload []byte, now time.Time) error {
-	if b0&0x70 != 0 { // RSV1 would be permessage-deflate, which was not offered
+	if b0&wsraw.RSVBits != 0 { // RSV1 would be permessage-deflate, which was not offered
 		return errRSV
 	}
-	fin := b0&0x80 != 0
+	fin := b0&wsraw.FIN != 0
 	switch op := b0 & 0x0f; op {
-	case opText, opBinary:
+	case wsraw.OpText, wsraw.OpBinary:
 		if c.fragOp != 0 {
 			return errFragment
 		}
@@ -689,7 +661,7 @@ func (c *wsConn) frame(b0 byte, payload []byte, now time.Time) error {
 		}
 		c.fragOp = op
 		c.frag = append(c.frag[:0], payload...)
-	case opCont:
+	case wsraw.OpContinuation:
 		if c.fragOp == 0 {
 			return errFragment
 		}
@@ -702,21 +674,17 @@ func (c *wsConn) frame(b0 byte, payload []byte, now time.Time) error {
 			c.fragOp, c.frag = 0, nil
 			return c.message(msg, now)
 		}
-	case opClose, opPing, opPong:
+	case wsraw.OpClose, wsraw.OpPing, wsraw.OpPong:
 		if !fin || len(payload) > 125 {
 			return errControl
 		}
 		switch op {
-		case opClose:
-			code := 1005 // no status code (RFC 6455 7.1.5)
-			if len(payload) >= 2 {
-				code = int(binary.BigEndian.Uint16(payload))
-			}
-			return &wsCloseError{code}
-		case opPing:
+		case wsraw.OpClose:
+			return &wsCloseError{wsraw.CloseCode(payload)}
+		case wsraw.OpPing:
 			// The server closes a connection silent for 60 s.
 			var b [6 + 125]byte
-			return c.write(appendMasked(b[:0], opPong, payload))
+			return c.write(wsraw.AppendMasked(b[:0], wsraw.OpPong, payload))
 		}
 	default:
 		return errOpcode
@@ -772,27 +740,4 @@ func (c *wsConn) write(b []byte) error {
 		b = b[max(n, 0):]
 	}
 	return nil
-}
-
-// appendMasked appends a final client frame: clients mask every frame
-// (RFC 6455 5.3).
-func appendMasked(dst []byte, op byte, payload []byte) []byte {
-	dst = append(dst, 0x80|op)
-	switch n := len(payload); {
-	case n < 126:
-		dst = append(dst, 0x80|byte(n))
-	case n < 1<<16:
-		dst = append(dst, 0x80|126, byte(n>>8), byte(n))
-	default:
-		dst = append(dst, 0x80|127)
-		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
-	}
-	key := mrand.Uint32() | 1 // never the all-zero key that masks nothing
-	var k [4]byte
-	binary.BigEndian.PutUint32(k[:], key)
-	dst = append(dst, k[:]...)
-	for i, b := range payload {
-		dst = append(dst, b^k[i&3])
-	}
-	return dst
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -19,23 +18,9 @@ import (
 
 	"github.com/gorilla/websocket"
 	"golang.org/x/sys/unix"
-)
 
-// serverFrame builds an unmasked server frame; len64 forces the 64-bit
-// length form even for a short payload.
-func serverFrame(b0 byte, payload []byte, len64 bool) []byte {
-	f := []byte{b0}
-	switch n := len(payload); {
-	case len64 || n >= 1<<16:
-		f = append(f, 127)
-		f = binary.BigEndian.AppendUint64(f, uint64(n))
-	case n >= 126:
-		f = append(f, 126, byte(n>>8), byte(n))
-	default:
-		f = append(f, byte(n))
-	}
-	return append(f, payload...)
-}
+	"sagapush/internal/wsraw"
+)
 
 // recorder collects what a poller reports.
 type recorder struct {
@@ -104,60 +89,38 @@ func parserConn(t *testing.T, r *recorder) (*wsConn, net.Conn) {
 	return c, peer
 }
 
-// unmask reads one masked client frame from r and returns its first byte
-// and unmasked payload, checking that the payload was really masked.
-func unmask(t *testing.T, r io.Reader) (byte, []byte) {
+// readPong reads one frame from r, which must be a final, masked pong
+// (with a non-zero key: the payload did not go out in clear), and returns
+// its payload.
+func readPong(t *testing.T, r io.Reader) string {
 	t.Helper()
-	var h [2]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
+	h, payload, err := wsraw.ReadFrame(r)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if h[1]&0x80 == 0 {
-		t.Fatalf("client frame not masked: % x", h)
+	if h.B0 != wsraw.FIN|wsraw.OpPong || !h.Masked || h.Key == 0 {
+		t.Fatalf("got %+v %q, want a final masked pong", h, payload)
 	}
-	n := int(h[1] & 0x7f)
-	switch n {
-	case 126:
-		var l [2]byte
-		io.ReadFull(r, l[:])
-		n = int(binary.BigEndian.Uint16(l[:]))
-	case 127:
-		var l [8]byte
-		io.ReadFull(r, l[:])
-		n = int(binary.BigEndian.Uint64(l[:]))
-	}
-	var key [4]byte
-	io.ReadFull(r, key[:])
-	masked := make([]byte, n)
-	if _, err := io.ReadFull(r, masked); err != nil {
-		t.Fatal(err)
-	}
-	out := make([]byte, n)
-	for i := range masked {
-		out[i] = masked[i] ^ key[i&3]
-	}
-	if n >= 4 && bytes.Equal(masked, out) {
-		t.Fatalf("payload sent in clear with key % x", key)
-	}
-	return h[0], out
+	return string(payload)
 }
 
 func TestFrameParserSplits(t *testing.T) {
 	long := strings.Repeat("0123456789", 30) // 300 bytes: 16-bit length
 	var stream []byte
-	stream = append(stream, serverFrame(0x81, []byte(`{"seq":1}`), false)...)
-	stream = append(stream, serverFrame(0x81, []byte(long), false)...)
-	stream = append(stream, serverFrame(0x81, []byte(`sixty-four`), true)...) // 64-bit length form
-	stream = append(stream, serverFrame(0x89, []byte("ping-1"), false)...)
+	stream = wsraw.AppendFrame(stream, 0x81, []byte(`{"seq":1}`))
+	stream = wsraw.AppendFrame(stream, 0x81, []byte(long))
+	stream = append(stream, 0x81, 127, 0, 0, 0, 0, 0, 0, 0, 10) // the 64-bit length form
+	stream = append(stream, "sixty-four"...)
+	stream = wsraw.AppendFrame(stream, 0x89, []byte("ping-1"))
 	// A fragmented message with a ping and a pong between its fragments.
-	stream = append(stream, serverFrame(0x01, []byte("ab"), false)...)
-	stream = append(stream, serverFrame(0x89, []byte("ping-2"), false)...)
-	stream = append(stream, serverFrame(0x00, []byte("cd"), false)...)
-	stream = append(stream, serverFrame(0x8a, []byte("unasked"), false)...)
-	stream = append(stream, serverFrame(0x80, []byte("ef"), false)...)
-	stream = append(stream, serverFrame(0x81, nil, false)...) // an empty message
-	stream = append(stream, serverFrame(0x88, []byte{0x0f, 0xa1, 'b', 'y', 'e'}, false)...)
-	stream = append(stream, serverFrame(0x81, []byte("after close"), false)...)
+	stream = wsraw.AppendFrame(stream, 0x01, []byte("ab"))
+	stream = wsraw.AppendFrame(stream, 0x89, []byte("ping-2"))
+	stream = wsraw.AppendFrame(stream, 0x00, []byte("cd"))
+	stream = wsraw.AppendFrame(stream, 0x8a, []byte("unasked"))
+	stream = wsraw.AppendFrame(stream, 0x80, []byte("ef"))
+	stream = wsraw.AppendFrame(stream, 0x81, nil) // an empty message
+	stream = wsraw.AppendFrame(stream, 0x88, []byte{0x0f, 0xa1, 'b', 'y', 'e'})
+	stream = wsraw.AppendFrame(stream, 0x81, []byte("after close"))
 	wantMsgs := []string{`{"seq":1}`, long, "sixty-four", "abcdef", ""}
 	wantPongs := []string{"ping-1", "ping-2"}
 
@@ -186,9 +149,8 @@ func TestFrameParserSplits(t *testing.T) {
 		}
 		peer.SetReadDeadline(time.Now().Add(5 * time.Second))
 		for _, want := range wantPongs {
-			b0, payload := unmask(t, peer)
-			if b0 != 0x8a || string(payload) != want {
-				t.Fatalf("pong %#x %q, want 0x8a %q", b0, payload, want)
+			if got := readPong(t, peer); got != want {
+				t.Fatalf("pong %q, want %q", got, want)
 			}
 		}
 	}
@@ -212,9 +174,9 @@ func TestFrameParserBigMessages(t *testing.T) {
 	mid := bytes.Repeat([]byte("y"), 65535) // the largest 16-bit length
 	var stream []byte
 	for range 3 {
-		stream = append(stream, serverFrame(0x81, big, false)...)
-		stream = append(stream, serverFrame(0x81, mid, false)...)
-		stream = append(stream, serverFrame(0x81, []byte("small"), false)...)
+		stream = wsraw.AppendFrame(stream, 0x81, big)
+		stream = wsraw.AppendFrame(stream, 0x81, mid)
+		stream = wsraw.AppendFrame(stream, 0x81, []byte("small"))
 	}
 	for _, size := range []int{1000, 4096, 65536, 100000, len(stream)} {
 		r := &recorder{}
@@ -247,15 +209,15 @@ func TestFrameParserCloseAndErrors(t *testing.T) {
 		code  int    // a close frame's code
 		err   string // else the error
 	}{
-		{"close without code", serverFrame(0x88, nil, false), 1005, ""},
-		{"close 1000", serverFrame(0x88, []byte{0x03, 0xe8}, false), 1000, ""},
-		{"close 4001 with reason", serverFrame(0x88, []byte{0x0f, 0xa1, 's', 'l', 'o', 'w'}, false), 4001, ""},
-		{"compressed", serverFrame(0xc1, []byte("x"), false), 0, "RSV"},
+		{"close without code", wsraw.AppendFrame(nil, 0x88, nil), 1005, ""},
+		{"close 1000", wsraw.AppendFrame(nil, 0x88, []byte{0x03, 0xe8}), 1000, ""},
+		{"close 4001 with reason", wsraw.AppendFrame(nil, 0x88, []byte{0x0f, 0xa1, 's', 'l', 'o', 'w'}), 4001, ""},
+		{"compressed", wsraw.AppendFrame(nil, 0xc1, []byte("x")), 0, "RSV"},
 		{"masked", []byte{0x81, 0x81, 1, 2, 3, 4, 'x'}, 0, "masked"},
-		{"fragmented ping", serverFrame(0x09, []byte("x"), false), 0, "control"},
-		{"long ping", serverFrame(0x89, make([]byte, 126), false), 0, "control"},
-		{"continuation first", serverFrame(0x80, []byte("x"), false), 0, "fragmentation"},
-		{"opcode 3", serverFrame(0x83, []byte("x"), false), 0, "opcode"},
+		{"fragmented ping", wsraw.AppendFrame(nil, 0x09, []byte("x")), 0, "control"},
+		{"long ping", wsraw.AppendFrame(nil, 0x89, make([]byte, 126)), 0, "control"},
+		{"continuation first", wsraw.AppendFrame(nil, 0x80, []byte("x")), 0, "fragmentation"},
+		{"opcode 3", wsraw.AppendFrame(nil, 0x83, []byte("x")), 0, "opcode"},
 		{"huge length", []byte{0x81, 127, 0x7f, 0, 0, 0, 0, 0, 0, 0}, 0, "too big"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -276,20 +238,9 @@ func TestFrameParserCloseAndErrors(t *testing.T) {
 	// A text frame inside a fragmented message.
 	r := &recorder{}
 	c, _ := parserConn(t, r)
-	c.feed(serverFrame(0x01, []byte("a"), false), time.Now())
-	if err := c.feed(serverFrame(0x81, []byte("b"), false), time.Now()); err != errFragment {
+	c.feed(wsraw.AppendFrame(nil, 0x01, []byte("a")), time.Now())
+	if err := c.feed(wsraw.AppendFrame(nil, 0x81, []byte("b")), time.Now()); err != errFragment {
 		t.Fatalf("text inside a fragmented message: %v", err)
-	}
-}
-
-func TestAppendMasked(t *testing.T) {
-	for _, n := range []int{0, 5, 125, 126, 65535, 65536} {
-		payload := bytes.Repeat([]byte{'p'}, n)
-		f := appendMasked(nil, opText, payload)
-		b0, got := unmask(t, bytes.NewReader(f))
-		if b0 != 0x81 || !bytes.Equal(got, payload) {
-			t.Fatalf("%d bytes: %#x, %d bytes back", n, b0, len(got))
-		}
 	}
 }
 
@@ -566,11 +517,11 @@ func TestDialOneWrite(t *testing.T) {
 		}
 		out := []byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 			"Sec-WebSocket-Accept: " + wsAccept(req.Header.Get("Sec-WebSocket-Key")) + "\r\n\r\n")
-		out = append(out, serverFrame(0x81, []byte(`{"event":"joined_project"}`), false)...)
-		out = append(out, serverFrame(0x81, []byte(`{"seq":1}`), false)...)
-		out = append(out, serverFrame(0x89, []byte("p"), false)...)
-		out = append(out, serverFrame(0x81, []byte(`{"seq":2}`), false)...)
-		out = append(out, serverFrame(0x88, []byte{0x0f, 0xa1}, false)...)
+		out = wsraw.AppendFrame(out, 0x81, []byte(`{"event":"joined_project"}`))
+		out = wsraw.AppendFrame(out, 0x81, []byte(`{"seq":1}`))
+		out = wsraw.AppendFrame(out, 0x89, []byte("p"))
+		out = wsraw.AppendFrame(out, 0x81, []byte(`{"seq":2}`))
+		out = wsraw.AppendFrame(out, 0x88, []byte{0x0f, 0xa1})
 		wrote[0] = time.Now()
 		c.Write(out)
 		wrote[1] = time.Now()
@@ -725,12 +676,12 @@ func TestReadStamp(t *testing.T) {
 	}
 
 	// One message, read 50 ms after it came.
-	before, after := timedWrite(t, peer, serverFrame(0x81, []byte(`{"seq":1}`), false))
+	before, after := timedWrite(t, peer, wsraw.AppendFrame(nil, 0x81, []byte(`{"seq":1}`)))
 	time.Sleep(50 * time.Millisecond)
 	check(0, before, after, read())
 
 	// Two segments read at once: the message has the later one's time.
-	f := serverFrame(0x81, []byte(`{"seq":2,"pad":"`+strings.Repeat("x", 100)+`"}`), false)
+	f := wsraw.AppendFrame(nil, 0x81, []byte(`{"seq":2,"pad":"`+strings.Repeat("x", 100)+`"}`))
 	timedWrite(t, peer, f[:50])
 	time.Sleep(50 * time.Millisecond)
 	before, after = timedWrite(t, peer, f[50:])
@@ -738,7 +689,7 @@ func TestReadStamp(t *testing.T) {
 	check(1, before, after, read())
 
 	// A message straddling two reads: the time of the read that ends it.
-	f = serverFrame(0x81, []byte(`{"seq":3}`), false)
+	f = wsraw.AppendFrame(nil, 0x81, []byte(`{"seq":3}`))
 	timedWrite(t, peer, f[:4])
 	time.Sleep(20 * time.Millisecond)
 	read()
@@ -755,14 +706,14 @@ func TestReadWithoutStamp(t *testing.T) {
 	if err := unix.SetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 0); err != nil {
 		t.Fatal(err)
 	}
-	peer.Write(serverFrame(0x81, []byte(`{"seq":1}`), false))
+	peer.Write(wsraw.AppendFrame(nil, 0x81, []byte(`{"seq":1}`)))
 	time.Sleep(50 * time.Millisecond)
 	oob := make([]byte, oobSize)
 	n, at, err := recvStamped(c.fd, make([]byte, 100), oob)
 	if err != nil || n != 11 || !at.IsZero() {
 		t.Fatalf("recvStamped: %d bytes, stamp %v, %v", n, at, err)
 	}
-	peer.Write(serverFrame(0x81, []byte(`{"seq":2}`), false))
+	peer.Write(wsraw.AppendFrame(nil, 0x81, []byte(`{"seq":2}`)))
 	time.Sleep(50 * time.Millisecond)
 	readAt := time.Now()
 	c.read(make([]byte, 100), oob, false)
@@ -846,7 +797,7 @@ func TestReadAllocs(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.joined = true
-	frame := serverFrame(0x81, []byte(`{"event":"story_processed","seq":1}`), false)
+	frame := wsraw.AppendFrame(nil, 0x81, []byte(`{"event":"story_processed","seq":1}`))
 	pfd := rawFD(t, peer.(*net.TCPConn))
 	buf, oob := make([]byte, 64<<10), make([]byte, oobSize)
 	allocs := testing.AllocsPerRun(200, func() {
@@ -949,7 +900,7 @@ func testPollerReadsBacklog(t *testing.T, fin bool) {
 	n := 0
 	for len(stream) < 300<<10 { // over four of the loop's buffers
 		n++
-		stream = append(stream, serverFrame(0x81, fmt.Appendf(nil, `{"seq":%d,"pad":"%s"}`, n, strings.Repeat("p", 1000)), false)...)
+		stream = wsraw.AppendFrame(stream, 0x81, fmt.Appendf(nil, `{"seq":%d,"pad":"%s"}`, n, strings.Repeat("p", 1000)))
 	}
 	// All of it in the client's receive queue before the loop sees the
 	// socket, so that no later arrival makes a new edge.
@@ -1074,7 +1025,7 @@ func TestWriteWaits(t *testing.T) {
 			stalled = false
 		}
 	}
-	pong := appendMasked(nil, opPong, []byte("still here"))
+	pong := wsraw.AppendMasked(nil, wsraw.OpPong, []byte("still here"))
 	done := make(chan error, 1)
 	go func() { done <- c.write(pong) }()
 	select {
@@ -1086,9 +1037,8 @@ func TestWriteWaits(t *testing.T) {
 	if _, err := io.CopyN(io.Discard, peer, int64(queued)); err != nil {
 		t.Fatal(err)
 	}
-	b0, payload := unmask(t, peer)
-	if b0 != 0x8a || string(payload) != "still here" {
-		t.Fatalf("pong %#x %q", b0, payload)
+	if got := readPong(t, peer); got != "still here" {
+		t.Fatalf("pong %q", got)
 	}
 	if err := within(t, done, "the pong's write"); err != nil {
 		t.Fatal(err)
@@ -1116,5 +1066,38 @@ func within[T any](t *testing.T, ch <-chan T, what string) T {
 	case <-time.After(5 * time.Second):
 		t.Fatalf("timed out waiting for %s", what)
 		panic("unreachable")
+	}
+}
+
+// BenchmarkFeed is the parser's cost per frame (ns/frame): reads of 64 KiB
+// full of event-sized text frames, with 7- and 16-bit lengths, one
+// straddling each boundary, as the loop gets them under load.
+func BenchmarkFeed(b *testing.B) {
+	for _, msg := range []string{ // 7-bit and 16-bit lengths
+		`{"event":"typing_start","projectId":"p1","data":{"userId":"u-0123456789"}}`,
+		`{"event":"story_processed","projectId":"p1","seq":12345,"ts":1700000000000,"data":{"storyId":"s-0123456789","status":"done","pad":"` + strings.Repeat("x", 60) + `"}}`,
+	} {
+		b.Run(fmt.Sprintf("%d bytes", len(msg)), func(b *testing.B) {
+			var stream []byte
+			frames := 0
+			for len(stream) < 1<<20 {
+				stream = wsraw.AppendFrame(stream, 0x81, []byte(msg))
+				frames++
+			}
+			p := &wsPoller{onEvent: func([]byte, *int64, time.Time) {}, onClose: func(int) {}}
+			c := &wsConn{p: p, id: -1, fd: -1, joined: true}
+			now := time.Now()
+			b.SetBytes(int64(len(stream)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				for off := 0; off < len(stream); off += 64 << 10 {
+					if err := c.feed(stream[off:min(off+64<<10, len(stream))], now); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*frames), "ns/frame")
+		})
 	}
 }

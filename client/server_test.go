@@ -1,6 +1,6 @@
 package client_test
 
-// A small starter for the real server binary (the root package's harness
+// A small starter for the real server binary (the e2e package's harness
 // cannot be imported from here): it builds the binary once (with -race, or
 // takes SAGAPUSH_TEST_BIN), starts it with a chosen environment and stops it
 // with a signal.

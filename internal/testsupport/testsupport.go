@@ -1,6 +1,6 @@
 // Package testsupport holds what the tests of several packages share to run
-// the server binary (the root package's integration tests, the browser tests
-// and the Go client's tests). Only tests import it.
+// the server binary (the end-to-end tests in e2e and the Go client's tests).
+// Only tests import it.
 package testsupport
 
 import (

@@ -1,7 +1,7 @@
-package main
+package e2e
 
 // WebSocket tests of PROTOCOL sections 2, 3, 6 and 8 against the real binary
-// (embedded mode). See harness_test.go for the helpers.
+// (embedded mode). The package doc lists the helpers.
 
 import (
 	"context"
@@ -40,22 +40,6 @@ func checkAck(t testing.TB, m map[string]any, ack int64) {
 	if !ackIs(m, ack) {
 		t.Errorf("%v: want ack %d", m, ack)
 	}
-}
-
-// expectEvent reads the next message and checks it is the domain event of
-// projectID with seq.
-func (c *wsClient) expectEvent(t testing.TB, projectID string, seq int64) map[string]any {
-	t.Helper()
-	m := c.read(t)
-	if m["projectId"] != projectID || m["seq"] != float64(seq) {
-		t.Fatalf("%s: got %v, want event seq %d of %s", c.name, m, seq, projectID)
-	}
-	for _, k := range []string{"event", "ts", "data"} {
-		if _, ok := m[k]; !ok {
-			t.Fatalf("%s: event %v lacks %q", c.name, m, k)
-		}
-	}
-	return m
 }
 
 // Section 3 table: auth frame at connect, with and without ack.

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Saga push behind a real nginx with a plain proxy_pass configuration:
 // nginx's response buffering stays ON, and the server's

@@ -1,17 +1,16 @@
-package main
+package e2e
 
 // Browser tests: the demo page and web/client.js in headless Chromium
 // (Debian's package at /usr/bin/chromium; never downloaded), driven by
-// chromedp, against the real binary (see harness_test.go). Without chromium
+// chromedp, against the real binary (see server_test.go). Without chromium
 // they skip, except under CI=true where they fail.
 //
 // Every wait is bounded: a JS condition is polled with a timeout, never
 // slept on. A screenshot of the demo page is written to ARTIFACTS_DIR
-// (default ./artifacts/, not committed).
+// (default: artifacts/ at the repository root, not committed).
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"net/url"
@@ -28,7 +27,6 @@ import (
 
 	"sagapush/auth"
 	"sagapush/internal/testsupport"
-	"sagapush/store/pgtest"
 )
 
 // chromiumPath is Debian's chromium (`apt-get install chromium`).
@@ -233,12 +231,13 @@ c.connect().then(() => c.joinProject(` + jsLiteral(t, projectID) + `))
 	}
 }
 
-// artifactsDir is ARTIFACTS_DIR, default ./artifacts/ (git-ignored).
+// artifactsDir is ARTIFACTS_DIR, default artifacts/ at the repository root
+// (git-ignored), the parent of this package's directory.
 func artifactsDir(t *testing.T) string {
 	t.Helper()
 	dir := os.Getenv("ARTIFACTS_DIR")
 	if dir == "" {
-		dir = "artifacts"
+		dir = filepath.Join("..", "artifacts")
 	}
 	dir, err := filepath.Abs(dir)
 	if err != nil {
@@ -411,31 +410,18 @@ func TestBrowserReconnectDatabase(t *testing.T) {
 }
 
 func testBrowserReconnect(t *testing.T, transport string) {
-	dbURL := pgtest.New(t)
-	db, err := sql.Open("postgres", dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	exec := func(q string) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-		defer cancel()
-		if _, err := db.ExecContext(ctx, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	exec(`INSERT INTO users (id, name) VALUES ('u1', 'Facilitator')`)
-	exec(`INSERT INTO projects (id, name, facilitator_id) VALUES ('p1', 'Family', 'u1')`)
+	d := newPGEnv(t)
+	d.exec(t, `INSERT INTO users (id, name) VALUES ('u1', 'Facilitator')`)
+	d.exec(t, `INSERT INTO projects (id, name, facilitator_id) VALUES ('p1', 'Family', 'u1')`)
 	insertStories := func(n int) {
 		t.Helper()
 		for range n {
-			exec(`INSERT INTO stories (project_id, title) VALUES ('p1', 'A story')`)
+			d.exec(t, `INSERT INTO stories (project_id, title) VALUES ('p1', 'A story')`)
 		}
 	}
 
-	env := []string{"DATABASE_URL=" + dbURL, "PORT=" + strconv.Itoa(testsupport.FreePort(t)), "RECONNECT_AFTER_MS=200"}
-	s1 := startServer(t, env...)
+	env := []string{"PORT=" + strconv.Itoa(testsupport.FreePort(t)), "RECONNECT_AFTER_MS=200"}
+	s1 := d.start(t, env...)
 	ctx := newBrowser(t)
 	browserRun(t, ctx, "opening a page of the server", chromedp.Navigate(s1.URL+"/?autoconnect=0"))
 	startTestClient(t, ctx, s1.token(t, auth.Claims{UserID: "u1"}, time.Hour), "p1", transport)
@@ -452,7 +438,7 @@ func testBrowserReconnect(t *testing.T, transport string) {
 	}
 	browserUntil(t, ctx, "the client to notice", `window.__t.client.state !== 'connected'`, browserWait)
 	insertStories(3) // committed while no server runs
-	startServer(t, env...)
+	d.start(t, env...)
 	insertStories(2) // while the page reconnects, or after
 	browserUntil(t, ctx, "the missed and new events", `window.__t.seqs.length >= 7`, 30*time.Second)
 	insertStories(1) // nothing comes twice: the next one is seq 8

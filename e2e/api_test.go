@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // HTTP API tests (PROTOCOL section 7) and the token command (section 1).
 

@@ -1,15 +1,14 @@
-package main
+package e2e
 
 // Server-Sent Events tests of PROTOCOL section 4 (with 2, 3, 5, 6 and 8 as
 // they apply to SSE) against the real binary. The streams are read raw, with
-// bufio, the way a browser's EventSource parses them. See harness_test.go for
-// the server, token, WebSocket and publish helpers.
+// bufio, the way a browser's EventSource parses them (sseclient_test.go).
+// The package doc lists the other helpers.
 
 import (
 	"bufio"
 	"context"
 	"crypto/rand"
-	"database/sql"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -18,341 +17,14 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	_ "github.com/lib/pq" // the "postgres" database/sql driver
-
 	"sagapush/auth"
-	"sagapush/store/pgtest"
 )
-
-// sseMsg is one item of a stream: a message (Event/Data, ID when the
-// message had an id: field), a retry: block, or a comment line.
-type sseMsg struct {
-	ID        string
-	HasID     bool
-	Event     string
-	Data      string
-	Retry     string
-	IsComment bool
-	Comment   string
-}
-
-func (m sseMsg) String() string {
-	switch {
-	case m.IsComment:
-		return fmt.Sprintf("comment %q", m.Comment)
-	case m.Event == "" && m.Retry != "":
-		return fmt.Sprintf("retry %q", m.Retry)
-	}
-	return fmt.Sprintf("{id:%q(%v) event:%q data:%s}", m.ID, m.HasID, m.Event, m.Data)
-}
-
-// sseConn is an open SSE stream read by a goroutine into a channel.
-type sseConn struct {
-	name      string
-	Resp      *http.Response
-	msgs      chan sseMsg
-	done      chan struct{} // closed when the stream ended; err is set then
-	err       error         // io.EOF when the server ended the response cleanly
-	firstLine string        // the very first line of the body
-}
-
-// sseParse reads an event stream per the HTML living standard (fields,
-// one optional space after the colon, blank line dispatch), sending each
-// message, retry block and comment to out. It returns the read error
-// (io.EOF at a clean end) and the first line read.
-func sseParse(r io.Reader, out chan<- sseMsg, first *string, stop <-chan struct{}) error {
-	br := bufio.NewReaderSize(r, 64<<10)
-	var cur sseMsg
-	var data []string
-	var fields int
-	lines := 0
-	emit := func(m sseMsg) bool {
-		select {
-		case out <- m:
-			return true
-		case <-stop:
-			return false
-		}
-	}
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			if err == io.EOF && line != "" {
-				return io.ErrUnexpectedEOF // a truncated line
-			}
-			return err
-		}
-		line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
-		if lines == 0 {
-			*first = line
-		}
-		lines++
-		if line == "" {
-			if fields > 0 {
-				cur.Data = strings.Join(data, "\n")
-				if !emit(cur) {
-					return errors.New("stopped")
-				}
-			}
-			cur, data, fields = sseMsg{}, nil, 0
-			continue
-		}
-		if strings.HasPrefix(line, ":") {
-			if !emit(sseMsg{IsComment: true, Comment: strings.TrimPrefix(line[1:], " ")}) {
-				return errors.New("stopped")
-			}
-			continue
-		}
-		name, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		fields++
-		switch name {
-		case "id":
-			cur.ID, cur.HasID = value, true
-		case "event":
-			cur.Event = value
-		case "data":
-			data = append(data, value)
-		case "retry":
-			cur.Retry = value
-		}
-	}
-}
-
-// openSSE opens /sse (path holds the query) with token in the Authorization
-// header (none when token is "") and extra headers, and fails the test
-// unless the answer is 200.
-func openSSE(t testing.TB, s *testServer, path, token string, h http.Header) *sseConn {
-	t.Helper()
-	resp := s.requestHeaders(t, "GET", path, token, nil, h)
-	if resp.StatusCode != http.StatusOK {
-		body := readBody(t, resp)
-		t.Fatalf("GET %s: status %d, body %s, want 200", path, resp.StatusCode, body)
-	}
-	c := &sseConn{name: path, Resp: resp, msgs: make(chan sseMsg, 8192), done: make(chan struct{})}
-	stop := make(chan struct{})
-	go func() {
-		defer close(c.done)
-		c.err = sseParse(resp.Body, c.msgs, &c.firstLine, stop)
-	}()
-	t.Cleanup(func() {
-		close(stop)
-		resp.Body.Close()
-		<-c.done
-	})
-	return c
-}
-
-// close ends the stream from the client side.
-func (c *sseConn) close() { c.Resp.Body.Close() }
-
-// next returns the next item, or ok=false when the stream ended (ended is
-// then true) or nothing came within d.
-func (c *sseConn) next(d time.Duration) (m sseMsg, ok, ended bool) {
-	select {
-	case m := <-c.msgs:
-		return m, true, false
-	default:
-	}
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case m := <-c.msgs:
-		return m, true, false
-	case <-c.done:
-		select {
-		case m := <-c.msgs:
-			return m, true, false
-		default:
-		}
-		return sseMsg{}, false, true
-	case <-timer.C:
-		return sseMsg{}, false, false
-	}
-}
-
-// read returns the next message that is not a comment (retry blocks
-// included), checking that its data is the JSON object of section 4 whose
-// "event" is the message's event: name.
-func (c *sseConn) read(t testing.TB) (sseMsg, map[string]any) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		m, ok, ended := c.next(time.Until(deadline))
-		if !ok {
-			if ended {
-				t.Fatalf("%s: stream ended while waiting for a message: %v", c.name, c.err)
-			}
-			t.Fatalf("%s: no message within %v", c.name, waitTimeout)
-		}
-		if m.IsComment {
-			continue
-		}
-		if m.Event == "" && m.Data == "" {
-			return m, nil // retry block
-		}
-		var v map[string]any
-		if err := json.Unmarshal([]byte(m.Data), &v); err != nil {
-			t.Fatalf("%s: data of %v is not a JSON object: %v", c.name, m, err)
-		}
-		if v["event"] != m.Event {
-			t.Fatalf("%s: event: %q but the data's event is %v", c.name, m.Event, v["event"])
-		}
-		return m, v
-	}
-}
-
-// expectNext reads the next message and checks that it is event.
-func (c *sseConn) expectNext(t testing.TB, event string) (sseMsg, map[string]any) {
-	t.Helper()
-	m, v := c.read(t)
-	if m.Event != event {
-		t.Fatalf("%s: got %v, want the next message to be %s", c.name, m, event)
-	}
-	return m, v
-}
-
-// expectJoined reads one joined_project per project (in any order) and
-// returns their data by project.
-func (c *sseConn) expectJoined(t testing.TB, projects ...string) map[string]map[string]any {
-	t.Helper()
-	got := map[string]map[string]any{}
-	for range projects {
-		_, v := c.expectNext(t, "joined_project")
-		d := dataOf(t, v)
-		p, _ := d["projectId"].(string)
-		if !slices.Contains(projects, p) || got[p] != nil {
-			t.Fatalf("%s: unexpected joined_project %v, want one of each of %v", c.name, d, projects)
-		}
-		got[p] = d
-	}
-	return got
-}
-
-// expectEnd reads until the stream ends and returns what came meanwhile.
-func (c *sseConn) expectEnd(t testing.TB) []sseMsg {
-	t.Helper()
-	var seen []sseMsg
-	timer := time.NewTimer(waitTimeout)
-	defer timer.Stop()
-	for {
-		select {
-		case m := <-c.msgs:
-			seen = append(seen, m)
-		case <-c.done:
-			for {
-				select {
-				case m := <-c.msgs:
-					seen = append(seen, m)
-				default:
-					return seen
-				}
-			}
-		case <-timer.C:
-			t.Fatalf("%s: stream still open after %v, want it ended (got %v)", c.name, waitTimeout, seen)
-		}
-	}
-}
-
-// sseEvent is a domain event as decoded from a stream.
-type sseEvent struct {
-	msg       sseMsg
-	v         map[string]any
-	ProjectID string
-	Seq       int64
-}
-
-// readEvent reads the next message, which must be a domain event with an id.
-func (c *sseConn) readEvent(t testing.TB) sseEvent {
-	t.Helper()
-	m, v := c.read(t)
-	p, _ := v["projectId"].(string)
-	seq, _ := v["seq"].(float64)
-	if p == "" || seq <= 0 {
-		t.Fatalf("%s: got %v, want a domain event", c.name, m)
-	}
-	if !m.HasID || m.ID == "" {
-		t.Fatalf("%s: domain event %v has no id", c.name, m)
-	}
-	for _, k := range []string{"ts", "data"} {
-		if _, ok := v[k]; !ok {
-			t.Fatalf("%s: domain event %v lacks %q", c.name, m, k)
-		}
-	}
-	return sseEvent{msg: m, v: v, ProjectID: p, Seq: int64(seq)}
-}
-
-// expectEvents reads domain events only, until every project of to reached
-// its seq: each project's events must come exactly once, in order, starting
-// right after from[project] (0 when absent). Any other message fails.
-func (c *sseConn) expectEvents(t testing.TB, from, to map[string]int64) []sseEvent {
-	t.Helper()
-	last := map[string]int64{}
-	for p := range to {
-		last[p] = from[p]
-	}
-	var got []sseEvent
-	for {
-		doneAll := true
-		for p, n := range to {
-			if last[p] < n {
-				doneAll = false
-			}
-		}
-		if doneAll {
-			return got
-		}
-		e := c.readEvent(t)
-		want, ok := to[e.ProjectID]
-		if !ok || e.Seq != last[e.ProjectID]+1 || e.Seq > want {
-			t.Fatalf("%s: got %s seq %d after %v, want each of %v in order once, from %v", c.name, e.ProjectID, e.Seq, last, to, from)
-		}
-		last[e.ProjectID] = e.Seq
-		got = append(got, e)
-	}
-}
-
-// expectComments waits (bounded) for n comment lines, skipping anything else.
-func (c *sseConn) expectComments(t testing.TB, n int, within time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	got := 0
-	for got < n {
-		m, ok, ended := c.next(time.Until(deadline))
-		switch {
-		case ended:
-			t.Fatalf("%s: stream ended after %d comment lines, want %d", c.name, got, n)
-		case !ok:
-			t.Fatalf("%s: %d comment lines within %v, want %d", c.name, got, within, n)
-		case m.IsComment:
-			got++
-		}
-	}
-}
-
-// sseRefused requests path and checks the refusal's status and error code.
-func sseRefused(t testing.TB, s *testServer, path, token string, status int, code string) {
-	t.Helper()
-	resp := s.request(t, "GET", path, token, nil)
-	body := readBody(t, resp)
-	if resp.StatusCode != status {
-		t.Errorf("GET %s: status %d (%s), want %d", path, resp.StatusCode, body, status)
-		return
-	}
-	var e struct {
-		Error struct{ Code, Message string } `json:"error"`
-	}
-	if err := json.Unmarshal(body, &e); err != nil || e.Error.Code != code || e.Error.Message == "" {
-		t.Errorf("GET %s: body %s, want {\"error\":{\"code\":%q,\"message\"}}", path, body, code)
-	}
-}
 
 // sseStats returns the stats' transports.sse count.
 func sseStats(t testing.TB, s *testServer, svc string) int {
@@ -1002,39 +674,12 @@ func TestSSESlowStream(t *testing.T) {
 	}
 }
 
-// sseDB is a database of its own and a server on it.
-type sseDB struct {
-	db  *sql.DB
-	s   *testServer
-	svc string
-}
-
-func newSSEDB(t *testing.T, env ...string) *sseDB {
-	t.Helper()
-	dsn := pgtest.New(t)
-	db, err := sql.Open("postgres", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	s := startServer(t, append([]string{"DATABASE_URL=" + dsn}, env...)...)
-	return &sseDB{db: db, s: s, svc: s.serviceToken(t)}
-}
-
-func (d *sseDB) exec(t testing.TB, q string, args ...any) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-	if _, err := d.db.ExecContext(ctx, q, args...); err != nil {
-		t.Fatalf("%s: %v", q, err)
-	}
-}
-
 // Sections 5 and 8 over SSE, from database triggers.
 func TestSSEDatabase(t *testing.T) {
 	t.Parallel()
-	d := newSSEDB(t)
-	s := d.s
+	d := newPGEnv(t)
+	s := d.start(t)
+	svc := s.serviceToken(t)
 	d.exec(t, `INSERT INTO users (id, email, name) VALUES ('fac', 'fac@x', 'Facilitator'), ('st', 'st@x', 'Storyteller'), ('mem', 'mem@x', 'Member'), ('out', 'out@x', 'Outsider')`)
 	d.exec(t, `INSERT INTO projects (id, name, facilitator_id, storyteller_id) VALUES ('p1', 'One', 'fac', 'st'), ('p2', 'Two', 'fac', NULL)`)
 	d.exec(t, `INSERT INTO project_roles (project_id, user_id, role) VALUES ('p1', 'mem', 'storyteller'), ('p2', 'mem', 'storyteller')`)
@@ -1127,7 +772,7 @@ func TestSSEDatabase(t *testing.T) {
 		// one, a user event to mem comes next, not the p1 event.
 		d.exec(t, `INSERT INTO stories (id, project_id, title) VALUES ('s-after', 'p1', 'after')`)
 		ws.expectNext(t, "story_uploaded")
-		userEvent(t, s, d.svc, "mem", "barrier", map[string]any{})
+		userEvent(t, s, svc, "mem", "barrier", map[string]any{})
 		c.expectNext(t, "barrier")
 		// p2 still flows.
 		d.exec(t, `INSERT INTO stories (id, project_id, title) VALUES ('s-p2', 'p2', 'two')`)

@@ -1,9 +1,7 @@
-package main
+package e2e
 
 import (
 	"bufio"
-	"crypto/rand"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"sagapush/internal/wsraw"
 )
 
 // rawWS is a minimal WebSocket client over a plain socket, for what client
@@ -47,20 +47,7 @@ func dialRawWS(t *testing.T, s *testServer, token, extensions string) (*rawWS, h
 // send writes one masked text frame (clients must mask).
 func (w *rawWS) send(t *testing.T, text string) {
 	t.Helper()
-	var mask [4]byte
-	rand.Read(mask[:])
-	frame := []byte{0x81}
-	switch n := len(text); {
-	case n < 126:
-		frame = append(frame, 0x80|byte(n))
-	default:
-		frame = append(frame, 0x80|126, byte(n>>8), byte(n))
-	}
-	frame = append(frame, mask[:]...)
-	for i := 0; i < len(text); i++ {
-		frame = append(frame, text[i]^mask[i%4])
-	}
-	if _, err := w.conn.Write(frame); err != nil {
+	if _, err := w.conn.Write(wsraw.AppendMasked(nil, wsraw.OpText, []byte(text))); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -69,26 +56,11 @@ func (w *rawWS) send(t *testing.T, text string) {
 // payload as sent.
 func (w *rawWS) next(t *testing.T) (compressed bool, payload []byte) {
 	t.Helper()
-	var h [2]byte
-	if _, err := io.ReadFull(w.br, h[:]); err != nil {
+	h, payload, err := wsraw.ReadFrame(w.br)
+	if err != nil {
 		t.Fatalf("frame: %v", err)
 	}
-	n := uint64(h[1] & 0x7f)
-	switch n {
-	case 126:
-		var b [2]byte
-		io.ReadFull(w.br, b[:])
-		n = uint64(binary.BigEndian.Uint16(b[:]))
-	case 127:
-		var b [8]byte
-		io.ReadFull(w.br, b[:])
-		n = binary.BigEndian.Uint64(b[:])
-	}
-	payload = make([]byte, n)
-	if _, err := io.ReadFull(w.br, payload); err != nil {
-		t.Fatalf("payload: %v", err)
-	}
-	return h[0]&0x40 != 0, payload
+	return h.Compressed(), payload
 }
 
 // Compression is used when the client offers permessage-deflate, and only

@@ -1,0 +1,47 @@
+// Package e2e holds the end-to-end tests: they run the real binary, built
+// once by TestMain from the module root with the race detector, and talk to
+// it the way clients do (HTTP, WebSocket, SSE), with Postgres, Chromium and
+// nginx where a test needs them. The package has no code besides its tests.
+//
+// The tests, by subject: ws_test.go, sse_test.go, api_test.go (the HTTP API
+// and the token command), pg_test.go (Postgres, several instances),
+// shutdown_test.go, compression_test.go, browser_test.go (web/client.js in
+// Chromium) and proxy_test.go (behind nginx). The helpers, by concern:
+//
+//	server_test.go     TestMain (the build), startServer, stop, signal
+//	wsclient_test.go   the WebSocket client: dialWS and its options, read, expect, call...
+//	sseclient_test.go  the SSE client: openSSE, read, expectEvents...
+//	http_test.go       request, getJSON, doJSON, publish, metric
+//	tokens_test.go     userToken, serviceToken, expiredToken, rawToken...
+//	messages_test.go   dataOf, errorCode, ackIs: messages of either transport
+//	database_test.go   newPGEnv: a test's own database and servers on it
+//	wait_test.go       waitTimeout and eventually
+//
+// How to use them in a new test:
+//
+//	s := startServer(t, "RATE_LIMIT_MAX_EVENTS=5")   // KEY=VALUE overrides; PORT=0, fixed JWT_SECRET, no DATABASE_URL
+//	d := newPGEnv(t); s2 := d.start(t)                // Postgres mode; start several for multi-instance tests
+//	tok := s.token(t, auth.Claims{UserID: "u1", Projects: []string{"p1"}}, time.Minute)
+//	svc := s.serviceToken(t)
+//	c := dialWS(t, s, tok)                            // WebSocket client (coder/websocket), closed in t.Cleanup
+//	c.call(t, "join_project", "p1")                    // send with an ack, return the reply (error on a mismatch)
+//	seq := publish(t, s, svc, "p1", "story_uploaded", map[string]any{"storyId": "s1"})
+//	m := c.expect(t, "story_uploaded")                 // read until that event (bounded)
+//	sc := openSSE(t, s, "/sse?projects=p1", tok, nil)  // SSE stream, read by a goroutine
+//	status, body := s.getJSON(t, "/api/websocket/stats", svc)
+//	resp := s.request(t, "GET", "/sse?projects=p1", tok, nil)  // raw *http.Response (SSE streams, headers)
+//	eventually(t, 5*time.Second, "no connection left", func() bool { ... })
+//
+// s.URL is the http base URL (http://127.0.0.1:PORT), s.WSURL the /ws URL,
+// s.Secret the JWT secret. The server's stderr is kept and dumped when the
+// test fails; a data race reported by the server fails the test. The server
+// is stopped in t.Cleanup (SIGTERM, then SIGKILL after 10 s); s.stop(t)
+// stops it earlier and returns its exit code.
+//
+// Every wait is bounded (waitTimeout by default): tests wait for an event,
+// never sleep in place of waiting for one.
+//
+// SAGAPUSH_TEST_BIN=/path/to/binary skips the build (the binary must be built
+// from this tree, preferably with -race). The build is plain `go build -race
+// sagapush`, so GOFLAGS (build tags, say) passes through.
+package e2e

@@ -1,0 +1,169 @@
+package e2e
+
+// HTTP to a test server: requests with a token and a JSON body, JSON
+// answers, publishing events as the Saga backend does, and /metrics.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// request sends an HTTP request to the server with an optional bearer token
+// and JSON body (a string or []byte is sent as is). The response headers must
+// come within waitTimeout; the body stays readable until the test ends (an
+// SSE stream, say). The caller closes the body.
+func (s *testServer) request(t testing.TB, method, path, token string, body any) *http.Response {
+	t.Helper()
+	return s.requestHeaders(t, method, path, token, body, nil)
+}
+
+// requestHeaders is request with extra headers.
+func (s *testServer) requestHeaders(t testing.TB, method, path, token string, body any, h http.Header) *http.Response {
+	t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(j)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	req, err := http.NewRequestWithContext(ctx, method, s.URL+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for k, v := range h {
+		req.Header[k] = v
+	}
+	timer := time.AfterFunc(waitTimeout, cancel)
+	resp, err := http.DefaultClient.Do(req)
+	timer.Stop()
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	return resp
+}
+
+// readBody reads a whole response body within waitTimeout and closes it.
+func readBody(t testing.TB, resp *http.Response) []byte {
+	t.Helper()
+	defer resp.Body.Close()
+	type result struct {
+		b   []byte
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		b, err := io.ReadAll(resp.Body)
+		ch <- result{b, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatalf("read body: %v", r.err)
+		}
+		return r.b
+	case <-time.After(waitTimeout):
+		t.Fatalf("body not read within %v", waitTimeout)
+		return nil
+	}
+}
+
+// doJSON sends a request and decodes a JSON object answer.
+func (s *testServer) doJSON(t testing.TB, method, path, token string, body any) (int, map[string]any) {
+	t.Helper()
+	resp := s.request(t, method, path, token, body)
+	b := readBody(t, resp)
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("%s %s: status %d, body is not a JSON object: %q", method, path, resp.StatusCode, b)
+	}
+	return resp.StatusCode, m
+}
+
+func (s *testServer) getJSON(t testing.TB, path, token string) (int, map[string]any) {
+	t.Helper()
+	return s.doJSON(t, "GET", path, token, nil)
+}
+
+// publish posts a domain event as the backend does and returns its seq.
+func publish(t testing.TB, s *testServer, serviceToken, projectID, event string, data any) int64 {
+	t.Helper()
+	seq, err := publishErr(s, serviceToken, projectID, event, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seq
+}
+
+// publishErr is publish for goroutines other than the test's.
+func publishErr(s *testServer, serviceToken, projectID, event string, data any) (int64, error) {
+	b, err := json.Marshal(map[string]any{"projectId": projectID, "event": event, "data": data})
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "POST", s.URL+"/api/events", bytes.NewReader(b))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+serviceToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("publish %s to %s: %w", event, projectID, err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		ProjectID string `json:"projectId"`
+		Seq       *int64 `json:"seq"`
+	}
+	rb, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("publish %s to %s: %w", event, projectID, err)
+	}
+	if resp.StatusCode != http.StatusAccepted || json.Unmarshal(rb, &body) != nil || body.Seq == nil || body.ProjectID != projectID {
+		return 0, fmt.Errorf("publish %s to %s: status %d, body %s", event, projectID, resp.StatusCode, rb)
+	}
+	return *body.Seq, nil
+}
+
+// metric returns the value of the first sample of /metrics whose line starts
+// with prefix (a metric name, optionally with labels), or -1 when absent.
+func (s *testServer) metric(t testing.TB, prefix string) float64 {
+	t.Helper()
+	body := readBody(t, s.request(t, "GET", "/metrics", "", nil))
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, prefix) && (len(line) > len(prefix) && (line[len(prefix)] == ' ' || line[len(prefix)] == '{')) {
+			f := strings.Fields(line)
+			v, err := strconv.ParseFloat(f[len(f)-1], 64)
+			if err == nil {
+				return v
+			}
+		}
+	}
+	return -1
+}
