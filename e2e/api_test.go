@@ -1,6 +1,6 @@
 package e2e
 
-// HTTP API tests (PROTOCOL section 7) and the token command (section 1).
+// HTTP API tests (docs/protocol.md section 8) and the token command (section 2).
 
 import (
 	"bytes"

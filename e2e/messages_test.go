@@ -1,7 +1,7 @@
 package e2e
 
-// The protocol's JSON messages, whichever transport carried them (PROTOCOL
-// sections 3 and 6): acks, data objects, error codes.
+// The protocol's JSON messages, whichever transport carried them (docs/protocol.md
+// sections 4 and 7): acks, data objects, error codes.
 
 import (
 	"testing"

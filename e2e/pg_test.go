@@ -1,6 +1,6 @@
 package e2e
 
-// Server-level Postgres tests (PROTOCOL sections 2, 3, 5, 7, 8 and 9): real
+// Server-level Postgres tests (docs/protocol.md sections 3, 4, 6, 8, 9 and 10): real
 // databases (store/pgtest: one fresh, migrated database per test), real
 // server processes on them and real WebSocket clients (database_test.go,
 // server_test.go, wsclient_test.go). Writers are database/sql + lib/pq

@@ -1,6 +1,6 @@
 package e2e
 
-// Server-Sent Events tests of PROTOCOL section 4 (with 2, 3, 5, 6 and 8 as
+// Server-Sent Events tests of docs/protocol.md section 5 (with 3, 4, 6, 7 and 9 as
 // they apply to SSE) against the real binary. The streams are read raw, with
 // bufio, the way a browser's EventSource parses them (sseclient_test.go).
 // The package doc lists the other helpers.

@@ -1,6 +1,6 @@
 package e2e
 
-// WebSocket tests of PROTOCOL sections 2, 3, 6 and 8 against the real binary
+// WebSocket tests of docs/protocol.md sections 3, 4, 7 and 9 against the real binary
 // (embedded mode). The package doc lists the helpers.
 
 import (
@@ -970,7 +970,7 @@ func TestWSPingTimeout(t *testing.T) {
 	alive.expectNothingQueued(t)
 }
 
-// A client frame counts as a sign of life too (PROTOCOL: "without any client
+// A client frame counts as a sign of life too (docs/protocol.md section 4.5: "without any client
 // frame or pong").
 func TestWSClientFramesKeepAlive(t *testing.T) {
 	t.Parallel()

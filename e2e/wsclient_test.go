@@ -2,7 +2,7 @@ package e2e
 
 // The WebSocket client of the tests (coder/websocket): dialing /ws with
 // options, reading on a goroutine with bounded waits, sending frames and
-// checking the answers of PROTOCOL section 3.
+// checking the answers of docs/protocol.md section 4.
 
 import (
 	"context"
