@@ -77,30 +77,30 @@ func readServerFrame(t *testing.T, frame []byte, deflated bool) (int, []byte) {
 	return int(b0 & 0x0f), body
 }
 
-func TestConsume(t *testing.T) {
-	bufs := [][]byte{[]byte("abc"), []byte("de"), []byte("f")}
-	got := consume(bufs, 4)
-	if len(got) != 2 || string(got[0]) != "e" || string(got[1]) != "f" {
-		t.Fatalf("consume 4: %q", got)
-	}
-	if got := consume([][]byte{[]byte("ab")}, 2); len(got) != 0 {
-		t.Fatalf("consume all: %q", got)
-	}
-	if got := consume([][]byte{[]byte("ab")}, 0); len(got) != 1 || string(got[0]) != "ab" {
-		t.Fatalf("consume 0: %q", got)
-	}
-}
-
-// The fan-out's fields share the first cache line only if allocations are
+// What a fan-out touches in wsClient (Wake, pumpLocked, sendLocked)
+// shares the first cache line, and the line is one only if allocations are
 // 64-byte aligned, which a size that is a multiple of 64 gives.
 func TestClientLayout(t *testing.T) {
 	if unsafe.Sizeof(uintptr(0)) != 8 {
 		t.Skip("the layout is tuned for 64-bit platforms")
 	}
-	if n := unsafe.Sizeof(wsClient{}); n%64 != 0 {
+	var c wsClient
+	if n := unsafe.Sizeof(c); n%64 != 0 {
 		t.Fatalf("wsClient is %d bytes, not a multiple of 64", n)
 	}
-	if end := unsafe.Offsetof(wsClient{}.fd) + unsafe.Sizeof(wsClient{}.fd); end > 64 {
-		t.Fatalf("the fan-out's fields end at byte %d, past the first line", end)
+	for _, f := range []struct {
+		name      string
+		off, size uintptr
+	}{
+		{"mu", unsafe.Offsetof(c.mu), unsafe.Sizeof(c.mu)},
+		{"compress", unsafe.Offsetof(c.compress), unsafe.Sizeof(c.compress)},
+		{"fd", unsafe.Offsetof(c.fd), unsafe.Sizeof(c.fd)},
+		{"sess", unsafe.Offsetof(c.sess), unsafe.Sizeof(c.sess)},
+		{"conn", unsafe.Offsetof(c.conn), unsafe.Sizeof(c.conn)},
+		{"ws", unsafe.Offsetof(c.ws), unsafe.Sizeof(c.ws)},
+	} {
+		if end := f.off + f.size; end > 64 {
+			t.Fatalf("the fan-out's field %s ends at byte %d, past the first line", f.name, end)
+		}
 	}
 }

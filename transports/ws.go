@@ -18,6 +18,7 @@ import (
 
 	"sagapush/auth"
 	"sagapush/hub"
+	"sagapush/internal/sockwrite"
 )
 
 // WebSocket close codes of PROTOCOL section 3 that this transport decides.
@@ -134,7 +135,7 @@ func (ws *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		WriteHTTPError(w, http.StatusTooManyRequests, "RATE_LIMIT_EXCEEDED", "too many connection attempts from this address")
 		return
 	}
-	c := &wsClient{ws: ws, deadlineIdx: -1, fd: -1}
+	c := &wsClient{ws: ws, deadlineIdx: -1}
 	if !ws.opts.Origins.Allowed(r) {
 		c.rejectOrigin = true
 	} else if token := TokenFromRequest(r); token != "" {
@@ -420,12 +421,12 @@ type wsClient struct {
 	aborted          bool
 	flushing         bool // the socket is full: writes go to pending
 	sockClosed       bool
-	closeWhenFlushed bool // gorilla closed while the flusher had data
-	compress         bool // permessage-deflate was negotiated
+	closeWhenFlushed bool         // gorilla closed while the flusher had data
+	compress         bool         // permessage-deflate was negotiated
+	fd               sockwrite.FD // for direct writes; none: the flusher only
 	sess             *melody.Session
 	conn             *hub.Conn // nil until authenticated
 	ws               *WebSocket
-	fd               int // the socket's descriptor for direct writes; -1: flusher only
 
 	// The rest of the socket's state (wire.go), under mu.
 	sock       net.Conn // the hijacked connection
