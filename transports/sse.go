@@ -480,10 +480,6 @@ func (st *sseStream) Wake() {
 	}
 }
 
-// Warm does nothing: Wake only signals the stream's goroutine, which
-// writes on its own time.
-func (st *sseStream) Warm() {}
-
 // Abort ends the stream: the writer returns at once, even from a write
 // blocked on a client that reads nothing (the hub aborts exactly those:
 // QueueLimit frames behind).

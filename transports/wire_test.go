@@ -77,7 +77,7 @@ func readServerFrame(t *testing.T, frame []byte, deflated bool) (int, []byte) {
 	return int(b0 & 0x0f), body
 }
 
-// What a fan-out touches in wsClient (Wake, pumpLocked, sendLocked)
+// What a fan-out touches in wsClient (Warm, Wake, pumpLocked, sendLocked)
 // shares the first cache line, and the line is one only if allocations are
 // 64-byte aligned, which a size that is a multiple of 64 gives.
 func TestClientLayout(t *testing.T) {
@@ -94,6 +94,7 @@ func TestClientLayout(t *testing.T) {
 	}{
 		{"mu", unsafe.Offsetof(c.mu), unsafe.Sizeof(c.mu)},
 		{"compress", unsafe.Offsetof(c.compress), unsafe.Sizeof(c.compress)},
+		{"line", unsafe.Offsetof(c.line), unsafe.Sizeof(c.line)}, // what Warm loads
 		{"fd", unsafe.Offsetof(c.fd), unsafe.Sizeof(c.fd)},
 		{"sess", unsafe.Offsetof(c.sess), unsafe.Sizeof(c.sess)},
 		{"conn", unsafe.Offsetof(c.conn), unsafe.Sizeof(c.conn)},
