@@ -6,6 +6,7 @@ import (
 	"compress/flate"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -94,10 +95,8 @@ func (w *wireConn) Write(p []byte) (int, error) {
 	defer c.mu.Unlock()
 	if !c.handshaken {
 		// The 101 response, written with gorilla's deadline before melody
-		// starts the session, so before any frame. It says whether
-		// compression was negotiated.
+		// starts the session, so before any frame.
 		c.handshaken = true
-		c.compress = bytes.Contains(p, []byte("permessage-deflate"))
 		c.mu.Unlock()
 		defer c.mu.Lock()
 		return w.Conn.Write(p)
@@ -274,4 +273,102 @@ func (c *wsClient) wire(f *hub.Frame) []byte {
 		return f.Encoded(slotDeflate, deflateFrame)
 	}
 	return f.Encoded(slotText, textFrame)
+}
+
+// negotiatesDeflate reports whether gorilla's upgrade of r negotiates
+// permessage-deflate: exactly when its upgrader has EnableCompression and
+// the client's Sec-WebSocket-Extensions lists permessage-deflate, whatever
+// the parameters (gorilla answers with no context takeover either way;
+// server.go, Upgrade). gorilla keeps the outcome to itself, so it is
+// decided here from the request, by gorilla's rule.
+func (ws *WebSocket) negotiatesDeflate(r *http.Request) bool {
+	return ws.m.Upgrader.EnableCompression && offersDeflate(r.Header)
+}
+
+// offersDeflate reports whether one of the extensions that gorilla parses
+// from h's Sec-WebSocket-Extensions is permessage-deflate. It follows
+// gorilla's parseExtensions (util.go) step by step, but keeps no values: an
+// extension counts once its parameters parse and a comma or the end follows;
+// a malformed one ends its header line. TestOffersDeflateAsGorilla and
+// FuzzOffersDeflate hold it to gorilla's own answer.
+func offersDeflate(h http.Header) bool {
+lines:
+	for _, s := range h["Sec-Websocket-Extensions"] {
+		for {
+			var ext string
+			ext, s = nextToken(skipSpace(s))
+			if ext == "" {
+				continue lines
+			}
+			for {
+				s = skipSpace(s)
+				if !strings.HasPrefix(s, ";") {
+					break
+				}
+				var param string
+				param, s = nextToken(skipSpace(s[1:]))
+				if param == "" {
+					continue lines
+				}
+				s = skipSpace(s)
+				if strings.HasPrefix(s, "=") {
+					s = skipSpace(skipValue(skipSpace(s[1:])))
+				}
+				if s != "" && s[0] != ',' && s[0] != ';' {
+					continue lines
+				}
+			}
+			if s != "" && s[0] != ',' {
+				continue lines
+			}
+			if ext == "permessage-deflate" {
+				return true
+			}
+			if s == "" {
+				continue lines
+			}
+			s = s[1:]
+		}
+	}
+	return false
+}
+
+// skipSpace drops leading spaces and tabs.
+func skipSpace(s string) string { return strings.TrimLeft(s, " \t") }
+
+// nextToken splits off s's leading RFC 2616 token.
+func nextToken(s string) (token, rest string) {
+	i := 0
+	for i < len(s) && isTokenOctet(s[i]) {
+		i++
+	}
+	return s[:i], s[i:]
+}
+
+// isTokenOctet reports whether b may be part of an RFC 2616 token: a
+// visible ASCII character other than a separator.
+func isTokenOctet(b byte) bool {
+	return b > ' ' && b < 0x7f && !strings.ContainsRune(`()<>@,;:\"/[]?={}`, rune(b))
+}
+
+// skipValue drops a parameter's value, a token or a quoted string, from the
+// start of s. An unterminated quoted string takes the rest of s, as in
+// gorilla's nextTokenOrQuoted.
+func skipValue(s string) string {
+	if !strings.HasPrefix(s, `"`) {
+		_, rest := nextToken(s)
+		return rest
+	}
+	escaped := false
+	for i := 1; i < len(s); i++ {
+		switch {
+		case escaped:
+			escaped = false
+		case s[i] == '\\':
+			escaped = true
+		case s[i] == '"':
+			return s[i+1:]
+		}
+	}
+	return ""
 }

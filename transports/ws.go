@@ -134,7 +134,7 @@ func (ws *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		WriteHTTPError(w, http.StatusTooManyRequests, "RATE_LIMIT_EXCEEDED", "too many connection attempts from this address")
 		return
 	}
-	c := &wsClient{ws: ws, deadlineIdx: -1}
+	c := &wsClient{ws: ws, deadlineIdx: -1, compress: ws.negotiatesDeflate(r)}
 	if !ws.opts.Origins.Allowed(r) {
 		c.rejectOrigin = true
 	} else if token := TokenFromRequest(r); token != "" {
