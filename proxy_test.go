@@ -1,3 +1,5 @@
+//go:build unix
+
 package main
 
 // Saga push behind a real nginx with a plain proxy_pass configuration:
