@@ -15,6 +15,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
+
+	"sagapush/hub"
 )
 
 // textFrame and deflateFrame write frames that decode back to the payload,
@@ -83,6 +85,9 @@ func readServerFrame(t *testing.T, frame []byte, deflated bool) (int, []byte) {
 	}
 	return int(b0 & 0x0f), body
 }
+
+// The hub warms the WebSocket client before waking it only as a Warmer.
+var _ hub.Warmer = (*wsClient)(nil)
 
 // What a fan-out touches in wsClient (Warm, Wake, pumpLocked, sendLocked)
 // shares the first cache line, and the line is one only if allocations are
