@@ -1,3 +1,5 @@
+//go:build unix
+
 package e2e
 
 // Saga push behind a real nginx with a plain proxy_pass configuration:

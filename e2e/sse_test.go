@@ -571,7 +571,7 @@ func TestSSESlowStream(t *testing.T) {
 	d := net.Dialer{Timeout: waitTimeout, Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+			serr = syscall.SetsockoptInt(sysFD(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
 		})
 		if err != nil {
 			return err

@@ -29,10 +29,15 @@ type Outlet interface {
 	// Abort closes the connection at once with the given close code,
 	// dropping whatever is still queued.
 	Abort(code int, reason string)
-	// Warm loads what Wake touches first, without taking a lock or waiting
-	// for the load: a big room's fan-out warms a chunk of members before it
-	// wakes them, so that the chunk's cache misses overlap instead of each
-	// waiting behind a Wake's lock. It may do nothing.
+}
+
+// Warmer is an Outlet whose Wake touches memory of its own first (a lock,
+// the socket's state). The hub then has it load that memory, without taking
+// a lock or waiting for the load, before waking it: a big room's fan-out
+// warms a chunk of members before it wakes them, so that the chunk's cache
+// misses overlap instead of each waiting behind a Wake's lock. An outlet
+// whose Wake only signals a goroutine has nothing to warm.
+type Warmer interface {
 	Warm()
 }
 

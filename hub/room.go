@@ -416,13 +416,16 @@ func wakeAll(conns []*Conn) {
 	wg.Wait()
 }
 
-// wakeEach wakes a chunk of conns after having each outlet load what its
-// Wake touches first. A fan-out to a big room is bound by cache misses, and
-// each Wake takes a lock, which waits for the miss before it; loaded ahead,
-// a chunk's misses overlap.
+// wakeEach wakes a chunk of conns after having each outlet that is a Warmer
+// load what its Wake touches first. A fan-out to a big room is bound by
+// cache misses, and each Wake takes a lock, which waits for the miss before
+// it; loaded ahead, a chunk's misses overlap. The type assertion reads the
+// outlet's type, which all outlets of a transport share, not its memory.
 func wakeEach(chunk []*Conn) {
 	for _, c := range chunk {
-		c.out.Warm()
+		if w, ok := c.out.(Warmer); ok {
+			w.Warm()
+		}
 	}
 	for _, c := range chunk {
 		c.out.Wake()

@@ -381,10 +381,6 @@ func (st *sseStream) Wake() {
 	}
 }
 
-// Warm does nothing: Wake only signals the stream's goroutine, which
-// writes on its own time.
-func (st *sseStream) Warm() {}
-
 // Attach does nothing: the stream's writer has the connection from the
 // session before it starts.
 func (st *sseStream) Attach(*hub.Conn) {}

@@ -4,31 +4,31 @@ import (
 	"bufio"
 	"bytes"
 	"compress/flate"
-	"errors"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
-	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/gorilla/websocket"
-	"golang.org/x/sys/unix"
 
 	"sagapush/hub"
+	"sagapush/internal/sockwrite"
 )
 
 // The WebSocket write path. melody gives every connection a goroutine that
-// writes its frames one at a time; a fan-out to N members then costs N
-// goroutine wake-ups, gorilla frame builds and syscalls. Here, a data
-// frame is encoded once per event (hub.Frame.Encoded) and written straight
-// from the goroutine that fans out, with a non-blocking write: when the
-// kernel takes it whole, a delivery costs one syscall and no goroutine. Only
-// a connection whose socket is full gets a flusher goroutine, which writes
-// the rest with blocking writes under WriteWait and then takes what queued
-// meanwhile, several frames per writev (the write coalescing of nats-server).
-// gorilla still reads, and writes the handshake, pings and close frames:
-// they come through wireConn.Write and take their turn in the same order.
+// writes its frames one at a time; a fan-out to a big room then costs a
+// goroutine wake-up, a gorilla frame build and a syscall per member. Here, a
+// data frame is encoded once per event (hub.Frame.Encoded) and written
+// straight from the goroutine that fans out, with a non-blocking write
+// (package sockwrite): when the kernel takes it whole, a delivery costs one
+// syscall and no goroutine. Only a connection whose socket is full gets a
+// flusher goroutine, which writes the rest with blocking writes under
+// WriteWait and then takes what queued meanwhile, several frames per writev
+// (the write coalescing of nats-server). Where sockwrite has no fast path
+// (not Linux), every write goes through the flusher. gorilla still reads,
+// and writes the handshake, pings and close frames: they come through
+// wireConn.Write and take their turn in the same order.
 
 // Encoding slots of hub.Frame used by this transport.
 const (
@@ -36,8 +36,9 @@ const (
 	slotDeflate = 1 // a text frame compressed with permessage-deflate
 )
 
-// maxBatch bounds the frames taken from the hub's queue for one write.
-const maxBatch = 64
+// maxBatch bounds the frames taken from the hub's queue for one write: as
+// many as one direct write takes.
+const maxBatch = sockwrite.MaxBufs
 
 // textFrame encodes payload as an unmasked, final text frame (server side).
 func textFrame(payload []byte) []byte { return appendFrame(nil, 0x81, payload) }
@@ -94,10 +95,8 @@ func (w *wireConn) Write(p []byte) (int, error) {
 	defer c.mu.Unlock()
 	if !c.handshaken {
 		// The 101 response, written with gorilla's deadline before melody
-		// starts the session, so before any frame. It says whether
-		// compression was negotiated.
+		// starts the session, so before any frame.
 		c.handshaken = true
-		c.compress = bytes.Contains(p, []byte("permessage-deflate"))
 		c.mu.Unlock()
 		defer c.mu.Lock()
 		return w.Conn.Write(p)
@@ -150,92 +149,12 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	fd := -1
-	if sc, ok := nc.(syscall.Conn); ok {
-		if raw, err := sc.SyscallConn(); err == nil {
-			raw.Control(func(d uintptr) { fd = int(d) })
-		}
-	}
+	fd, _ := sockwrite.Take(nc) // none: every write goes through the flusher
 	c := h.c
 	c.mu.Lock()
 	c.sock, c.fd = nc, fd
 	c.mu.Unlock()
 	return &wireConn{Conn: nc, c: c}, brw, nil
-}
-
-// writeNow writes bufs to fd without waiting and returns how many bytes the
-// kernel took. The fd is only used while the socket is open: every close
-// goes through closeSocketLocked, under the same lock as the writes.
-func writeNow(fd int, bufs [][]byte) (int, error) {
-	for {
-		var n int
-		var err error
-		if len(bufs) == 1 {
-			// send, not write: a shorter way into the socket than the
-			// file layer, and no SIGPIPE for a peer that is gone.
-			n, err = send(fd, bufs[0])
-		} else {
-			n, err = writev(fd, bufs)
-		}
-		switch {
-		case err == nil:
-			return n, nil
-		case errors.Is(err, unix.EINTR):
-			continue
-		case errors.Is(err, unix.EAGAIN):
-			return 0, nil
-		default:
-			return 0, err
-		}
-	}
-}
-
-// send is send(2) without waiting: x/sys's Sendto does not return the
-// count, which a stream socket's partial write needs. Neither send nor
-// writev can block here (MSG_DONTWAIT; the hijacked socket is non-blocking),
-// so both are raw system calls, without the runtime's bookkeeping for a
-// call that might block.
-func send(fd int, b []byte) (int, error) {
-	r, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
-		unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
-}
-
-// writev writes a batch without waiting (see send).
-func writev(fd int, bufs [][]byte) (int, error) {
-	var iovs [maxBatch]unix.Iovec
-	iov := iovs[:0]
-	for _, b := range bufs[:min(len(bufs), maxBatch)] {
-		if len(b) == 0 {
-			continue
-		}
-		v := unix.Iovec{Base: &b[0]}
-		v.SetLen(len(b))
-		iov = append(iov, v)
-	}
-	if len(iov) == 0 {
-		return 0, nil
-	}
-	r, _, e := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
-}
-
-// consume drops the first n bytes of bufs.
-func consume(bufs [][]byte, n int) [][]byte {
-	for len(bufs) > 0 && n >= len(bufs[0]) {
-		n -= len(bufs[0])
-		bufs = bufs[1:]
-	}
-	if n > 0 {
-		bufs[0] = bufs[0][n:]
-	}
-	return bufs
 }
 
 // sendLocked writes bufs after everything before them: at once when the
@@ -246,13 +165,13 @@ func (c *wsClient) sendLocked(bufs [][]byte, stable bool) {
 	if c.sockClosed {
 		return
 	}
-	if !c.flushing && c.fd >= 0 {
-		n, err := writeNow(c.fd, bufs)
+	if !c.flushing && c.fd.Ok() {
+		n, err := c.fd.WriteNow(bufs)
 		if err != nil {
 			c.closeSocketLocked() // the read loop ends and melody disconnects
 			return
 		}
-		if bufs = consume(bufs, n); len(bufs) == 0 {
+		if bufs = sockwrite.Consume(bufs, n); len(bufs) == 0 {
 			return
 		}
 	}
@@ -269,7 +188,10 @@ func (c *wsClient) sendLocked(bufs [][]byte, stable bool) {
 	}
 }
 
-// closeSocketLocked closes the socket now, dropping what waits.
+// closeSocketLocked closes the socket now, dropping what waits. Every close
+// of the socket comes here, under c.mu, which every direct write holds too:
+// the invariant that keeps c.fd from being written once its number may
+// belong to another file (package sockwrite).
 func (c *wsClient) closeSocketLocked() {
 	if c.sockClosed || c.sock == nil {
 		return
@@ -351,4 +273,102 @@ func (c *wsClient) wire(f *hub.Frame) []byte {
 		return f.Encoded(slotDeflate, deflateFrame)
 	}
 	return f.Encoded(slotText, textFrame)
+}
+
+// negotiatesDeflate reports whether gorilla's upgrade of r negotiates
+// permessage-deflate: exactly when its upgrader has EnableCompression and
+// the client's Sec-WebSocket-Extensions lists permessage-deflate, whatever
+// the parameters (gorilla answers with no context takeover either way;
+// server.go, Upgrade). gorilla keeps the outcome to itself, so it is
+// decided here from the request, by gorilla's rule.
+func (ws *WebSocket) negotiatesDeflate(r *http.Request) bool {
+	return ws.m.Upgrader.EnableCompression && offersDeflate(r.Header)
+}
+
+// offersDeflate reports whether one of the extensions that gorilla parses
+// from h's Sec-WebSocket-Extensions is permessage-deflate. It follows
+// gorilla's parseExtensions (util.go) step by step, but keeps no values: an
+// extension counts once its parameters parse and a comma or the end follows;
+// a malformed one ends its header line. TestOffersDeflateAsGorilla and
+// FuzzOffersDeflate hold it to gorilla's own answer.
+func offersDeflate(h http.Header) bool {
+lines:
+	for _, s := range h["Sec-Websocket-Extensions"] {
+		for {
+			var ext string
+			ext, s = nextToken(skipSpace(s))
+			if ext == "" {
+				continue lines
+			}
+			for {
+				s = skipSpace(s)
+				if !strings.HasPrefix(s, ";") {
+					break
+				}
+				var param string
+				param, s = nextToken(skipSpace(s[1:]))
+				if param == "" {
+					continue lines
+				}
+				s = skipSpace(s)
+				if strings.HasPrefix(s, "=") {
+					s = skipSpace(skipValue(skipSpace(s[1:])))
+				}
+				if s != "" && s[0] != ',' && s[0] != ';' {
+					continue lines
+				}
+			}
+			if s != "" && s[0] != ',' {
+				continue lines
+			}
+			if ext == "permessage-deflate" {
+				return true
+			}
+			if s == "" {
+				continue lines
+			}
+			s = s[1:]
+		}
+	}
+	return false
+}
+
+// skipSpace drops leading spaces and tabs.
+func skipSpace(s string) string { return strings.TrimLeft(s, " \t") }
+
+// nextToken splits off s's leading RFC 2616 token.
+func nextToken(s string) (token, rest string) {
+	i := 0
+	for i < len(s) && isTokenOctet(s[i]) {
+		i++
+	}
+	return s[:i], s[i:]
+}
+
+// isTokenOctet reports whether b may be part of an RFC 2616 token: a
+// visible ASCII character other than a separator.
+func isTokenOctet(b byte) bool {
+	return b > ' ' && b < 0x7f && !strings.ContainsRune(`()<>@,;:\"/[]?={}`, rune(b))
+}
+
+// skipValue drops a parameter's value, a token or a quoted string, from the
+// start of s. An unterminated quoted string takes the rest of s, as in
+// gorilla's nextTokenOrQuoted.
+func skipValue(s string) string {
+	if !strings.HasPrefix(s, `"`) {
+		_, rest := nextToken(s)
+		return rest
+	}
+	escaped := false
+	for i := 1; i < len(s); i++ {
+		switch {
+		case escaped:
+			escaped = false
+		case s[i] == '\\':
+			escaped = true
+		case s[i] == '"':
+			return s[i+1:]
+		}
+	}
+	return ""
 }

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
@@ -18,6 +17,7 @@ import (
 	"sagapush/internal/httpguard"
 	"sagapush/internal/protocol"
 	"sagapush/internal/session"
+	"sagapush/internal/sockwrite"
 )
 
 // WSOptions configure the WebSocket transport.
@@ -104,7 +104,7 @@ func (ws *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !admit(w, r, protocol.WebSocket, ws.opts.Handshakes, ws.hub.Metrics()) {
 		return
 	}
-	c := &wsClient{ws: ws, fd: -1}
+	c := &wsClient{ws: ws, compress: ws.negotiatesDeflate(r)}
 	c.session = ws.sessions.New(protocol.WebSocket, c)
 	if !ws.opts.Origins.Allowed(r) {
 		c.rejectOrigin = true
@@ -218,10 +218,11 @@ type wsClient struct {
 	sockClosed       bool
 	closeWhenFlushed bool // gorilla closed while the flusher had data
 	compress         bool // permessage-deflate was negotiated
+	line             atomic.Uint32
+	fd               sockwrite.FD // for direct writes; none: the flusher only
 	sess             *melody.Session
 	conn             *hub.Conn // nil until authenticated (Attach)
 	ws               *WebSocket
-	fd               int // the socket's descriptor for direct writes; -1: flusher only
 
 	// The rest of the socket's state (wire.go), under mu.
 	sock       net.Conn // the hijacked connection
@@ -243,12 +244,10 @@ func (c *wsClient) touch() {
 	c.sess.WebsocketConnection().SetReadDeadline(time.Now().Add(c.ws.opts.PingTimeout))
 }
 
-// Warm loads the line Wake starts with (hub.Outlet): an atomic load of the
-// lock's state word, which the compiler keeps and which does not wait, so
-// the hub's loads for a chunk of clients overlap.
-func (c *wsClient) Warm() {
-	atomic.LoadInt32((*int32)(unsafe.Pointer(&c.mu)))
-}
+// Warm loads the line Wake starts with (hub.Warmer), the lock's: an atomic
+// load of c.line, a word there that nothing writes, which the compiler keeps
+// and which does not wait, so the hub's loads for a chunk of clients overlap.
+func (c *wsClient) Warm() { c.line.Load() }
 
 // Wake writes the hub's queued frames (wire.go). It never waits.
 func (c *wsClient) Wake() {
