@@ -37,9 +37,11 @@ lint:
 		GOOS=$${p%/*} GOARCH=$${p#*/} $$sc ./...; \
 	done
 
-# Fuzz the client-frame decoder for a while (the seed corpus runs in make test).
+# Fuzz what clients send for a while: frames, and the SSE query (the seed
+# corpora run in make test).
 fuzz:
-	$(GO) test ./internal/protocol -run '^$$' -fuzz FuzzDecodeClientFrame -fuzztime 60s
+	$(GO) test ./internal/protocol -run '^$$' -fuzz '^FuzzDecodeClientFrame$$' -fuzztime 30s
+	$(GO) test ./internal/protocol -run '^$$' -fuzz '^FuzzSSEQuery$$' -fuzztime 30s
 
 bench: build
 	$(GO) run ./bench -out bench/results $(BENCH_ARGS)

@@ -79,6 +79,7 @@ type config struct {
 	JWTJWKSURL      string
 	JWTIssuer       string
 	JWTAudience     string
+	JWTLeeway       time.Duration
 	Origins         []string
 	PingInterval    time.Duration
 	PingTimeout     time.Duration
@@ -94,6 +95,7 @@ type config struct {
 	Retention       time.Duration
 	CompressAbove   int
 	QueueLimit      int
+	QueueLimitBytes int
 	HistorySize     int
 	MaxReplay       int
 	MemoryHistory   int
@@ -114,6 +116,7 @@ func loadConfig() (config, error) {
 		JWTJWKSURL:      os.Getenv("JWT_JWKS_URL"),
 		JWTIssuer:       os.Getenv("JWT_ISSUER"),
 		JWTAudience:     os.Getenv("JWT_AUDIENCE"),
+		JWTLeeway:       ms("JWT_LEEWAY_MS", 30000),
 		PingInterval:    ms("WEBSOCKET_PING_INTERVAL", 25000),
 		PingTimeout:     ms("WEBSOCKET_PING_TIMEOUT", 60000),
 		RateWindow:      ms("RATE_LIMIT_WINDOW_MS", 60000),
@@ -128,10 +131,17 @@ func loadConfig() (config, error) {
 		Retention:       time.Duration(intEnv("EVENT_RETENTION_HOURS", 7*24, &errs)) * time.Hour,
 		CompressAbove:   intEnv("WS_COMPRESS_ABOVE", 1024, &errs),
 		QueueLimit:      intEnv("QUEUE_LIMIT", 4096, &errs),
+		QueueLimitBytes: intEnv("QUEUE_LIMIT_BYTES", 4<<20, &errs),
 		HistorySize:     intEnv("ROOM_HISTORY", 256, &errs),
 		MaxReplay:       intEnv("MAX_REPLAY", 2000, &errs),
 		MemoryHistory:   intEnv("EMBEDDED_HISTORY", 10000, &errs),
 		AuthTimeout:     ms("AUTH_TIMEOUT_MS", 10000),
+	}
+	switch {
+	case c.JWTLeeway > auth.DefaultLeeway:
+		errs = append(errs, fmt.Errorf("JWT_LEEWAY_MS must be at most %d", auth.DefaultLeeway.Milliseconds()))
+	case c.JWTLeeway == 0:
+		c.JWTLeeway = time.Nanosecond // none: zero would mean the default below
 	}
 	if c.MemoryHistory < 2 {
 		// The embedded store trims its history to half this size at once.
@@ -226,7 +236,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	}
 	verifier, err := auth.NewVerifier(ctx, auth.Config{
 		Secret: []byte(cfg.JWTSecret), PublicKeyFile: cfg.JWTPublicKey, JWKSURL: cfg.JWTJWKSURL,
-		Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience,
+		Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, Leeway: cfg.JWTLeeway,
 	})
 	if err != nil {
 		return err
@@ -237,7 +247,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	h := hub.New(hub.Options{
 		Source: st, Access: st, Relay: st, Logger: log, Metrics: hub.NewMetrics(reg),
 		MaxConnsPerUser: cfg.MaxConnsPerUser, RateWindow: cfg.RateWindow, RateMaxEvents: cfg.RateMax,
-		QueueLimit: cfg.QueueLimit, HistorySize: cfg.HistorySize, MaxReplay: cfg.MaxReplay,
+		QueueLimit: cfg.QueueLimit, QueueLimitBytes: cfg.QueueLimitBytes, HistorySize: cfg.HistorySize, MaxReplay: cfg.MaxReplay,
 	})
 	defer h.Close()
 	if err := st.Start(ctx, h); err != nil {
@@ -245,7 +255,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	}
 
 	authn := &session.Authenticator{Verifier: verifier, Users: st}
-	sessions := session.NewManager(session.Options{Hub: h, Auth: authn, AuthTimeout: cfg.AuthTimeout})
+	sessions := session.NewManager(session.Options{Hub: h, Auth: authn, AuthTimeout: cfg.AuthTimeout, RateWindow: cfg.RateWindow, Leeway: cfg.JWTLeeway})
 	handshakes := httpguard.NewAddrLimiter(cfg.HandshakeRate, cfg.HandshakeBurst)
 	ws := transports.NewWebSocket(sessions, transports.WSOptions{
 		PingInterval: cfg.PingInterval, PingTimeout: cfg.PingTimeout, Origins: cfg.Origins,

@@ -554,7 +554,7 @@ func TestTokenRefreshAhead(t *testing.T) {
 // with a static token it stops with TOKEN_EXPIRED.
 func TestClose4401(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
+	s := startServer(t, "JWT_LEEWAY_MS=0") // the close comes at exp + leeway
 	t.Run("GetToken", func(t *testing.T) {
 		t.Parallel()
 		var calls atomic.Int32

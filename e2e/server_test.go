@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -29,6 +30,9 @@ var binPath string
 
 func TestMain(m *testing.M) {
 	code, err := testMain(m)
+	if plainPath != "" {
+		os.RemoveAll(filepath.Dir(plainPath))
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "harness:", err)
 		os.Exit(1)
@@ -56,6 +60,38 @@ func testMain(m *testing.M) (int, error) {
 	return m.Run(), nil
 }
 
+var (
+	plainOnce sync.Once
+	plainPath string
+	plainErr  error
+)
+
+// plainBinary builds the server once without the race detector, for the
+// tests that read the process's memory: the race runtime multiplies it.
+// SAGAPUSH_TEST_PLAIN_BIN names one built already.
+func plainBinary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("SAGAPUSH_TEST_PLAIN_BIN"); p != "" {
+		return p
+	}
+	plainOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "sagapush-plain-")
+		if err != nil {
+			plainErr = err
+			return
+		}
+		plainPath = filepath.Join(dir, "sagapush")
+		out, err := exec.Command("go", "build", "-o", plainPath, "sagapush").CombinedOutput()
+		if err != nil {
+			plainErr = fmt.Errorf("go build sagapush: %v\n%s", err, out)
+		}
+	})
+	if plainErr != nil {
+		t.Fatal(plainErr)
+	}
+	return plainPath
+}
+
 // testServer is one running server process.
 type testServer struct {
 	URL    string // http://127.0.0.1:PORT
@@ -77,6 +113,12 @@ var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
 // until it listens.
 func startServer(t testing.TB, env ...string) *testServer {
 	t.Helper()
+	return startServerBin(t, binPath, env...)
+}
+
+// startServerBin is startServer with another binary (plainBinary).
+func startServerBin(t testing.TB, bin string, env ...string) *testServer {
+	t.Helper()
 	full := append(testsupport.CleanEnv(), "PORT=0", "JWT_SECRET="+testSecret)
 	if os.Getenv("GORACE") == "" {
 		// The race runtime sleeps 1 s at exit by default: every test pays it.
@@ -90,7 +132,7 @@ func startServer(t testing.TB, env ...string) *testServer {
 		}
 	}
 
-	s.cmd = exec.Command(binPath, "serve")
+	s.cmd = exec.Command(bin, "serve")
 	s.cmd.Env = full
 	s.cmd.Stdout = s.stdout
 	pipe, err := s.cmd.StderrPipe()

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -451,7 +450,7 @@ func TestSSEShutdown(t *testing.T) {
 // Section 2: the stream ends when its token expires, with TOKEN_EXPIRED.
 func TestSSETokenExpiry(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
+	s := startServer(t, "JWT_LEEWAY_MS=0") // the end comes at exp + leeway
 	tok := s.token(t, auth.Claims{UserID: "u1", Projects: []string{"p1"}}, 2*time.Second)
 	c := openSSE(t, s, "/sse?projects=p1", tok, nil)
 	c.read(t)
@@ -568,21 +567,7 @@ func TestSSESlowStream(t *testing.T) {
 
 	// A raw client with a tiny receive buffer that reads nothing after the
 	// response headers.
-	d := net.Dialer{Timeout: waitTimeout, Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(sysFD(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-		})
-		if err != nil {
-			return err
-		}
-		return serr
-	}}
-	conn, err := d.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.Port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := dialSmallBuffer(t, s)
 	fmt.Fprintf(conn, "GET /sse?projects=p1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\nAccept: text/event-stream\r\n\r\n", tok)
 	conn.SetReadDeadline(time.Now().Add(waitTimeout))
 	br := bufio.NewReaderSize(conn, 512)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/golang-jwt/jwt/v5"
 
 	"sagapush/auth"
 )
@@ -767,7 +768,7 @@ func TestWSFrameTooBig(t *testing.T) {
 // Close 4401 when the token expires; TOKEN_EXPIRED comes first.
 func TestWSTokenExpiry(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
+	s := startServer(t, "JWT_LEEWAY_MS=0") // the close comes at exp + leeway
 	tok := s.token(t, auth.Claims{UserID: "u1", Projects: []string{"p1"}}, 2*time.Second)
 	exp := tokenExp(t, tok)
 	c := dialWS(t, s, tok)
@@ -775,6 +776,22 @@ func TestWSTokenExpiry(t *testing.T) {
 	c.expectError(t, "TOKEN_EXPIRED")
 	if time.Now().Before(exp.Add(-100 * time.Millisecond)) {
 		t.Errorf("closed at %v, before the token's exp %v", time.Now(), exp)
+	}
+	c.expectClose(t, 4401)
+}
+
+// A token accepted inside the leeway (its exp already past) lives until exp
+// plus the leeway, not less: it is not cut the moment it is accepted.
+func TestWSTokenLeeway(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "JWT_LEEWAY_MS=3000")
+	exp := time.Now().Add(-time.Second).Truncate(time.Second)
+	tok := s.rawToken(t, jwt.MapClaims{"userId": "u1", "projects": []string{"p1"}, "exp": exp.Unix()})
+	c := dialWS(t, s, tok)
+	c.join(t, "p1")
+	c.expectError(t, "TOKEN_EXPIRED")
+	if end := exp.Add(3 * time.Second); time.Now().Before(end.Add(-100 * time.Millisecond)) {
+		t.Errorf("closed at %v, before the token's exp + leeway %v", time.Now(), end)
 	}
 	c.expectClose(t, 4401)
 }

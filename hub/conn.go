@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,17 +43,24 @@ type Warmer interface {
 }
 
 // Conn is one client connection, of any transport. Its outgoing queue is
-// bounded: a connection that falls QueueLimit frames behind is aborted with
-// 4001 (the client resumes from its last seq), so a slow reader never blocks
-// a publisher and never loses an event silently.
+// bounded in frames (QueueLimit) and in bytes (QueueLimitBytes): a
+// connection that falls that far behind is aborted with 4001 (the client
+// resumes from its last seq), so a slow reader never blocks a publisher,
+// never holds more memory than its budget, and never loses an event
+// silently.
 type Conn struct {
 	// What a fan-out touches comes first, in one cache line (Conn is 128
 	// bytes on 64-bit platforms, so its allocations are 64-byte aligned;
 	// TestConnLayout): in a big room a fan-out is bound by cache
 	// misses, one per line per member.
-	mu     sync.Mutex
-	closed bool
-	limit  int32 // the hub's QueueLimit
+	mu sync.Mutex
+	// limit is how many frames the queue may hold (the hub's QueueLimit),
+	// and -1 once the connection is closed: one word for both leaves room
+	// in the line for budget.
+	limit int32
+	// budget is how many more bytes the queue may take: QueueLimitBytes
+	// less what it holds. Forced frames may take it below zero.
+	budget int32
 	queue  []*Frame
 	// first is queue's backing array until a burst outgrows it: a member
 	// that gets one event at a time never touches another line for it.
@@ -72,6 +80,8 @@ func (c *Conn) User() *User { return c.user.Load() }
 // SetUser replaces the identity after a token refresh; the user id must not
 // change (the transport checks it).
 func (c *Conn) SetUser(u *User) { c.user.Store(u) }
+
+func (c *Conn) closedLocked() bool { return c.limit < 0 }
 
 // Send queues a frame for this connection alone (replies, errors, pongs).
 // It reports false when the connection is closed or was just aborted.
@@ -94,6 +104,7 @@ func (c *Conn) Pull(dst []*Frame, max int) []*Frame {
 		n = max
 	}
 	dst = append(dst, c.queue[:n]...)
+	c.budget += int32(frameBytes(c.queue[:n]))
 	clear(c.queue[:n])
 	if n == len(c.queue) {
 		if cap(c.queue) > 64 {
@@ -155,26 +166,30 @@ func (c *Conn) Projects() []string {
 
 // enqueue appends f and wakes the transport when the queue was empty.
 func (c *Conn) enqueue(f *Frame, force bool) bool {
-	ok, wake := c.push([]*Frame{f}, force)
+	ok, wake := c.push([]*Frame{f}, len(f.JSON), force)
 	if wake {
 		c.out.Wake()
 	}
 	return ok
 }
 
-// push appends frames without waking the transport: a fan-out wakes its
-// members after letting go of the room lock. A connection the frames would
-// take past QueueLimit is aborted with 4001 instead; force skips the limit
-// (replays on join and control frames are bounded by their own limits).
-// wake reports that the queue was empty, so the transport needs a Wake.
-func (c *Conn) push(fs []*Frame, force bool) (ok, wake bool) {
+// push appends frames holding size bytes (frameBytes(fs): a fan-out
+// computes it once for all its members) without waking the transport: a
+// fan-out wakes its members after letting go of the room lock. A
+// connection the frames would take past QueueLimit frames or its byte
+// budget is aborted with 4001 instead, unless its queue is empty (a single
+// event larger than the budget still reaches readers that keep up). force
+// skips the limits (replies to joins and control frames are bounded by
+// their own limits). wake reports that the queue was empty, so the
+// transport needs a Wake.
+func (c *Conn) push(fs []*Frame, size int, force bool) (ok, wake bool) {
 	c.mu.Lock()
-	if c.closed {
+	if c.closedLocked() {
 		c.mu.Unlock()
 		return false, false
 	}
-	if !force && len(c.queue)+len(fs) > int(c.limit) {
-		c.closed = true
+	if !force && len(c.queue) > 0 && (len(c.queue)+len(fs) > int(c.limit) || size > int(c.budget)) {
+		c.limit = -1
 		c.discardLocked(len(fs))
 		c.mu.Unlock()
 		c.hub.metrics.slowClosed.Inc()
@@ -183,8 +198,46 @@ func (c *Conn) push(fs []*Frame, force bool) (ok, wake bool) {
 	}
 	wake = len(c.queue) == 0
 	c.queue = append(c.queue, fs...)
+	c.budget -= int32(min(size, math.MaxInt32/2))
 	c.mu.Unlock()
 	return true, wake
+}
+
+// room returns how many more bytes the queue may take, and whether the
+// connection is closed.
+func (c *Conn) room() (int, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int(c.budget), c.closedLocked()
+}
+
+// abort closes the connection at once with code, dropping its queue.
+func (c *Conn) abort(code int, reason string) {
+	c.mu.Lock()
+	if c.closedLocked() {
+		c.mu.Unlock()
+		return
+	}
+	c.limit = -1
+	c.discardLocked(0)
+	c.mu.Unlock()
+	c.out.Abort(code, reason)
+}
+
+// frameBytes is what frames count against a connection's byte budget.
+func frameBytes(fs []*Frame) int {
+	n := 0
+	for _, f := range fs {
+		n += len(f.JSON)
+	}
+	return n
+}
+
+// QueuedBytes returns the bytes waiting in the queue.
+func (c *Conn) QueuedBytes() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int(c.hub.budgetBytes) - int(c.budget)
 }
 
 // discardLocked empties the queue of a closing connection, counting what
@@ -194,6 +247,7 @@ func (c *Conn) discardLocked(extra int) {
 		c.hub.metrics.Dropped.WithLabelValues(c.Transport).Add(float64(n))
 	}
 	c.queue = nil
+	c.budget = c.hub.budgetBytes
 }
 
 // userState is what the hub keeps per user across all of its connections.

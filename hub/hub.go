@@ -69,6 +69,7 @@ type Options struct {
 	HistorySize     int           // events per room kept in memory for resume (default 256)
 	MaxReplay       int           // most events replayed on one join; beyond it recovered:false (default 2000)
 	QueueLimit      int           // frames queued per connection before 4001 (default 4096)
+	QueueLimitBytes int           // bytes queued per connection before 4001 (default 4 MiB)
 	MaxConnsPerUser int           // default 100
 	MaxRoomsPerConn int           // default 200
 	RateWindow      time.Duration // default 60s
@@ -86,8 +87,10 @@ func (o *Options) defaults() {
 	def(&o.HistorySize, 256)
 	def(&o.MaxReplay, 2000)
 	def(&o.QueueLimit, 4096)
+	def(&o.QueueLimitBytes, 4<<20)
+	o.QueueLimitBytes = min(o.QueueLimitBytes, math.MaxInt32/4)
 	def(&o.MaxConnsPerUser, 100)
-	def(&o.MaxRoomsPerConn, 200)
+	def(&o.MaxRoomsPerConn, protocol.MaxProjects)
 	def(&o.RateMaxEvents, 100)
 	def(&o.FetchBatch, 500)
 	if o.RateWindow <= 0 {
@@ -119,6 +122,8 @@ type Hub struct {
 	// the room before the member was in it).
 	revocations atomic.Uint64
 
+	budgetBytes int32 // QueueLimitBytes, as a Conn counts it
+
 	mu       sync.RWMutex
 	rooms    map[string]*room
 	users    map[string]*userState
@@ -132,15 +137,16 @@ func New(opts Options) *Hub {
 	opts.defaults()
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Hub{
-		opts:     opts,
-		log:      opts.Logger,
-		metrics:  opts.Metrics,
-		ctx:      ctx,
-		cancel:   cancel,
-		rooms:    make(map[string]*room),
-		users:    make(map[string]*userState),
-		conns:    make(map[*Conn]struct{}),
-		perTrans: make(map[string]int),
+		budgetBytes: int32(opts.QueueLimitBytes),
+		opts:        opts,
+		log:         opts.Logger,
+		metrics:     opts.Metrics,
+		ctx:         ctx,
+		cancel:      cancel,
+		rooms:       make(map[string]*room),
+		users:       make(map[string]*userState),
+		conns:       make(map[*Conn]struct{}),
+		perTrans:    make(map[string]int),
 	}
 }
 
@@ -148,6 +154,7 @@ func New(opts Options) *Hub {
 func (h *Hub) Connect(u *User, transport string, out Outlet) (*Conn, error) {
 	c := &Conn{ID: h.nextID.Add(1), Transport: transport, hub: h, out: out}
 	c.limit = int32(min(h.opts.QueueLimit, math.MaxInt32))
+	c.budget = h.budgetBytes
 	c.queue = c.first[:0]
 	c.user.Store(u)
 	h.mu.Lock()
@@ -175,7 +182,7 @@ func (h *Hub) Connect(u *User, transport string, out Outlet) (*Conn, error) {
 // safe to call more than once.
 func (h *Hub) Disconnect(c *Conn) {
 	c.mu.Lock()
-	c.closed = true
+	c.limit = -1
 	c.discardLocked(0)
 	rooms := c.rooms
 	c.rooms = nil
@@ -217,164 +224,6 @@ func (h *Hub) Allow(c *Conn) (ok bool, retryAfter time.Duration) {
 		h.metrics.rateLimited.Inc()
 	}
 	return ok, d
-}
-
-// Join adds c to the project's room. When since is set it replays every
-// event after it, or answers recovered:false when that is impossible. The
-// joined_project reply (carrying ack) is queued first, then the replay, then
-// live events: no gap and no duplicate, whatever is published meanwhile.
-func (h *Hub) Join(ctx context.Context, c *Conn, projectID string, since *int64, ack json.RawMessage) (protocol.Joined, error) {
-	u := c.User()
-	revocations := h.revocations.Load()
-	role, err := h.opts.Access.Role(ctx, u, projectID)
-	if err != nil {
-		return protocol.Joined{}, err
-	}
-	c.mu.Lock()
-	already := c.memberLocked(projectID) >= 0
-	tooMany := !already && len(c.rooms) >= h.opts.MaxRoomsPerConn
-	closed := c.closed
-	c.mu.Unlock()
-	if closed {
-		return protocol.Joined{}, ErrClosed
-	}
-	if tooMany {
-		return protocol.Joined{}, ErrTooManyRooms
-	}
-	if already {
-		// A second join re-answers without replaying: the subscription
-		// already delivers every event in order.
-		r := h.roomOf(projectID)
-		var seq int64
-		if r != nil {
-			r.mu.Lock()
-			seq = r.seq
-			r.mu.Unlock()
-		}
-		res := protocol.Joined{ProjectID: projectID, Role: role, Seq: seq}
-		if since != nil {
-			t := true
-			res.Recovered = &t
-		}
-		c.Send(Reply(protocol.JoinedProject, "", res, ack))
-		return res, nil
-	}
-
-	// A replay that reaches past the room's memory is read from the store
-	// outside the room lock, then stitched to the room's memory. The room is
-	// pinned meanwhile so that it keeps its position and memory; when it
-	// moved on past its memory, only the difference is read again.
-	var fetched []*Frame
-	var fetchedTo int64 = -1 // fetched covers (since, fetchedTo]
-	pruned := false
-	var storeHead int64 = -1
-	var pinned *room
-	defer func() {
-		if pinned != nil {
-			pinned.mu.Lock()
-			pinned.joining--
-			pinned.mu.Unlock()
-			h.releaseRoom(pinned)
-		}
-	}()
-	for attempt := 0; ; attempt++ {
-		r, err := h.openRoom(ctx, projectID) // returns r locked
-		if err != nil {
-			return protocol.Joined{}, err
-		}
-		if pinned == nil {
-			pinned = r
-			r.joining++
-		}
-		head := r.seq
-		last := head // the member's position: it has had every event up to it
-		res := protocol.Joined{ProjectID: projectID, Role: role, Seq: head}
-		var replay []*Frame
-		if since != nil {
-			s := *since
-			recovered := true
-			switch {
-			case s > head && storeHead < 0 && attempt < 5:
-				// The room may only lag the store (its pump is reading).
-				r.mu.Unlock()
-				if storeHead, err = h.opts.Source.Head(ctx, projectID); err != nil {
-					return protocol.Joined{}, err
-				}
-				continue
-			case s > head && s <= storeHead:
-				// The client has seen more than the room has fanned out yet:
-				// it starts from there and the room's catch-up skips the rest.
-				last, res.Seq = s, s
-			case pruned || s < 0 || s > head || head-s > int64(h.opts.MaxReplay):
-				recovered = false
-			case s == head:
-			case r.covers(s):
-				replay = r.since(s)
-			case fetchedTo >= 0 && r.covers(fetchedTo):
-				replay = append(fetched, r.since(fetchedTo)...)
-			case attempt < 5:
-				r.mu.Unlock()
-				from := s
-				if fetchedTo >= 0 {
-					from = fetchedTo // read only what is still missing
-				}
-				more, to, gone, err := h.fetch(ctx, projectID, from, head)
-				if err != nil {
-					return protocol.Joined{}, err
-				}
-				fetched, fetchedTo, pruned = append(fetched, more...), to, gone
-				continue
-			default:
-				recovered = false
-			}
-			res.Recovered = &recovered
-		}
-		frames := make([]*Frame, 0, 1+len(replay))
-		frames = append(frames, Reply(protocol.JoinedProject, "", res, ack))
-		frames = append(frames, replay...)
-		ok, wake := r.addLocked(c, last, frames)
-		r.mu.Unlock()
-		if !ok {
-			return protocol.Joined{}, ErrClosed
-		}
-		if wake {
-			c.out.Wake()
-		}
-		h.metrics.joins.Inc()
-		if h.revocations.Load() != revocations {
-			// Access was granted before a revocation that may have missed
-			// this member (it was not in the room yet): check again.
-			h.recheck(ctx, c, projectID)
-		}
-		return res, nil
-	}
-}
-
-// fetch reads the project's events in (after, to] from the store and encodes
-// them. pruned reports that the store no longer holds them all.
-func (h *Hub) fetch(ctx context.Context, projectID string, after, to int64) (frames []*Frame, fetchedTo int64, pruned bool, err error) {
-	fetchedTo = after
-	for fetchedTo < to {
-		evs, complete, err := h.opts.Source.After(ctx, projectID, fetchedTo, int(to-fetchedTo))
-		if err != nil {
-			return nil, -1, false, err
-		}
-		if !complete {
-			return nil, -1, true, nil
-		}
-		if len(evs) == 0 {
-			break
-		}
-		for _, e := range evs {
-			if e.Seq != fetchedTo+1 {
-				return nil, -1, true, nil // a hole in the store: treat as lost
-			}
-			frames = append(frames, EventFrame(e))
-			fetchedTo = e.Seq
-		}
-	}
-	h.metrics.storeReplays.Inc()
-	return frames, fetchedTo, false, nil
 }
 
 // Leave removes c from the project's room.
@@ -431,7 +280,7 @@ func (h *Hub) DeliverEphemeral(e Ephemeral) {
 		r.mu.Lock()
 		for _, m := range r.members {
 			if m.conn.User().ID != e.Except {
-				if _, wake := m.conn.push([]*Frame{f}, false); wake {
+				if _, wake := m.conn.push([]*Frame{f}, len(f.JSON), false); wake {
 					wakes = append(wakes, m.conn)
 				}
 			}

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"math"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -49,6 +50,9 @@ type member struct {
 	room *room
 	last int64 // last seq handed to this member
 	idx  int   // position in room.members; -1 once removed
+	// behind marks a member whose replay is streamed (Hub.catchUp): the
+	// fan-out passes it by until it has caught up.
+	behind bool
 }
 
 // covers reports whether the ring holds every event after s.
@@ -114,21 +118,23 @@ func (r *room) remember(f *Frame) {
 }
 
 // addLocked queues frames to c and makes it a member, atomically with
-// respect to fan-out (r.mu is held) and to Disconnect (c.mu is taken here).
-// wake reports that the caller must wake c once it lets go of r.mu.
-func (r *room) addLocked(c *Conn, last int64, frames []*Frame) (ok, wake bool) {
+// respect to fan-out (r.mu is held) and to Disconnect (c.mu is taken here);
+// nil when c is closed. wake reports that the caller must wake c once it
+// lets go of r.mu.
+func (r *room) addLocked(c *Conn, last int64, frames []*Frame) (m *member, wake bool) {
 	c.mu.Lock()
-	if c.closed {
+	if c.closedLocked() {
 		c.mu.Unlock()
-		return false, false
+		return nil, false
 	}
 	wake = len(c.queue) == 0
 	c.queue = append(c.queue, frames...)
-	m := &member{conn: c, room: r, last: last, idx: len(r.members)}
+	c.budget -= int32(min(frameBytes(frames), math.MaxInt32/2))
+	m = &member{conn: c, room: r, last: last, idx: len(r.members)}
 	c.rooms = append(c.rooms, m)
 	c.mu.Unlock()
 	r.members = append(r.members, m)
-	return true, wake
+	return m, wake
 }
 
 func (r *room) removeLocked(m *member) {
@@ -350,18 +356,27 @@ func (r *room) fanout(fs []*Frame, wakes []*Conn) []*Conn {
 		r.remember(f)
 	}
 	r.seq = fs[len(fs)-1].Seq
+	// after[i] is what fs[i:] counts against a member's byte budget,
+	// computed once for every member.
+	var after [fanoutRun + 1]int
+	for i := len(fs) - 1; i >= 0; i-- {
+		after[i] = after[i+1] + len(fs[i].JSON)
+	}
 	for members := r.members; len(members) > 0; {
 		chunk := members[:min(len(members), fanoutChunk)]
 		members = members[len(chunk):]
 		warmMembers(chunk)
 		for _, m := range chunk {
+			if m.behind {
+				continue
+			}
 			i := 0
 			for i < len(fs) && fs[i].Seq <= m.last {
 				i++
 			}
 			if i < len(fs) {
 				m.last = r.seq
-				if _, wake := m.conn.push(fs[i:], false); wake {
+				if _, wake := m.conn.push(fs[i:], after[i], false); wake {
 					wakes = append(wakes, m.conn)
 				}
 			}

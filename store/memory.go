@@ -60,6 +60,17 @@ func (m *Memory) Role(_ context.Context, u *hub.User, projectID string) (string,
 	return "", fmt.Errorf("%w: %s", hub.ErrAccessDenied, projectID)
 }
 
+// Roles is Role for several projects at once (hub.RolesAccess).
+func (m *Memory) Roles(_ context.Context, u *hub.User, projectIDs []string) (map[string]string, error) {
+	roles := make(map[string]string, len(projectIDs))
+	for _, p := range projectIDs {
+		if slices.Contains(u.Projects, p) {
+			roles[p] = "member"
+		}
+	}
+	return roles, nil
+}
+
 func (m *Memory) Publish(_ context.Context, projectID, name string, data json.RawMessage) (int64, error) {
 	if !protocol.DomainEvents[name] {
 		return 0, fmt.Errorf("%w: %q", ErrUnknownEvent, name)

@@ -280,6 +280,32 @@ func (p *Postgres) Publish(ctx context.Context, projectID, name string, data jso
 	return seq, nil
 }
 
+// Roles decides access to several projects in one query, as Role does for
+// one (hub.RolesAccess): an SSE request may list up to 200.
+func (p *Postgres) Roles(ctx context.Context, u *hub.User, projectIDs []string) (map[string]string, error) {
+	var rows []struct {
+		Project string `db:"project_id"`
+		Role    string `db:"role"`
+	}
+	err := p.db.SelectContext(ctx, &rows, `
+		SELECT DISTINCT ON (project_id) project_id, role FROM (
+			SELECT project_id, role, 1 AS rank FROM project_roles WHERE project_id = ANY($1) AND user_id = $2
+			UNION ALL
+			SELECT id, 'facilitator', 2 FROM projects WHERE id = ANY($1) AND facilitator_id = $2
+			UNION ALL
+			SELECT id, 'storyteller', 3 FROM projects WHERE id = ANY($1) AND storyteller_id = $2
+		) r
+		ORDER BY project_id, rank, role`, pq.Array(projectIDs), u.ID)
+	if err != nil {
+		return nil, err
+	}
+	roles := make(map[string]string, len(rows))
+	for _, r := range rows {
+		roles[r.Project] = r.Role
+	}
+	return roles, nil
+}
+
 // Role decides access per docs/protocol.md section 9: a project_roles row gives its
 // role; else being the project's facilitator or storyteller does.
 func (p *Postgres) Role(ctx context.Context, u *hub.User, projectID string) (string, error) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"strings"
 	"sync"
@@ -697,6 +698,18 @@ func TestRoleAndUserExists(t *testing.T) {
 		}
 		if err != nil || role != c.role {
 			t.Errorf("Role(%s, %s) = %q, %v; want %q", c.user, c.project, role, err, c.role)
+		}
+	}
+	// Roles decides several projects in one query, as Role does each.
+	for user, want := range map[string]map[string]string{
+		"u1":     {"p1": "facilitator"},
+		"u3":     {"p2": "facilitator"},
+		"u4":     {"p1": "storyteller"},
+		"nobody": {},
+	} {
+		got, err := p.Roles(ctx, &hub.User{ID: user}, []string{"p1", "p2", "missing"})
+		if err != nil || !maps.Equal(got, want) {
+			t.Errorf("Roles(%s) = %v, %v; want %v", user, got, err, want)
 		}
 	}
 	for user, want := range map[string]bool{"u1": true, "u4": true, "nobody": false, "": false} {

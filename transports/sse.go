@@ -115,32 +115,19 @@ func (s *SSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	conn := sess.Conn()
 	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
-	var denied []protocol.Error
-	// What the joins queued is taken out of the hub's queue after each
-	// join: the replays of several projects together may exceed QueueLimit,
-	// which is meant for a client that does not read, not for a stream that
-	// has not started yet.
-	var first []*hub.Frame
-	// The cursor starts where each project starts: after the client's
-	// since when that is recovered, else at the project's seq at the join.
-	seqs := make(map[string]int64, len(projects))
-	for _, p := range projects {
-		var from *int64
-		if n, ok := since[p]; ok {
-			from = &n
-		}
-		res, e := sess.Join(ctx, p, from, nil)
-		first = conn.Pull(first, 0)
-		if e != nil {
-			denied = append(denied, *e)
-			continue
-		}
-		seqs[p] = res.Seq
+	// Each join replays from memory only what fits in what is left of the
+	// connection's budget, and streams the rest as it drains. The cursor
+	// starts where each project starts: after the client's since when that
+	// is recovered, else at the project's seq at the join.
+	joined, denied := sess.JoinAll(ctx, projects, since)
+	cancel()
+	seqs := make(map[string]int64, len(joined))
+	for _, res := range joined {
+		seqs[res.ProjectID] = res.Seq
 		if res.Recovered != nil && *res.Recovered {
-			seqs[p] = *from
+			seqs[res.ProjectID] = since[res.ProjectID]
 		}
 	}
-	cancel()
 	if len(seqs) == 0 {
 		if slices.ContainsFunc(denied, func(d protocol.Error) bool { return d.Code == protocol.CodeProjectAccessDenied }) {
 			fail(http.StatusForbidden, protocol.CodeProjectAccessDenied, "no listed project may be accessed", "forbidden")
@@ -149,14 +136,14 @@ func (s *SSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	// Not through the hub's queue (Send): behind big replays the queue
-	// may be over QueueLimit, and the error would abort the stream.
+	// Every joined_project comes first (docs/protocol.md, SSE), then
+	// replays and live events; a stable partition keeps each project's
+	// order. The refusals come after the joins, not through the hub's
+	// queue: they must not count against a budget the replays may fill.
+	first := conn.Pull(nil, 0)
 	for _, d := range denied {
 		first = append(first, hub.ErrorFrame(d, nil))
 	}
-	// Every joined_project comes first (docs/protocol.md, SSE), then
-	// replays and live events; a stable partition keeps each project's order.
-	first = conn.Pull(first, 0)
 	slices.SortStableFunc(first, func(a, b *hub.Frame) int {
 		return boolRank(a.Name != protocol.JoinedProject) - boolRank(b.Name != protocol.JoinedProject)
 	})
@@ -215,23 +202,31 @@ type sseWriter struct {
 // while idle.
 var batchPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// write writes prefix and frames in one write and reports whether the
-// stream goes on.
+// Bounds of one write: frames taken from the hub's queue at once, and bytes
+// built before they are written. The queue keeps the rest, where it counts
+// against the connection's budget.
+const (
+	sseBatch     = 64
+	sseFlushAt   = 64 << 10
+	ssePoolBelow = 256 << 10 // bigger buffers are not kept for reuse
+)
+
+// write writes prefix and frames, in writes of about sseFlushAt bytes, and
+// reports whether the stream goes on.
 func (w *sseWriter) write(prefix []byte, frames []*hub.Frame) bool {
 	buf := batchPool.Get().(*bytes.Buffer)
 	defer func() {
-		if buf.Cap() <= 64<<10 {
+		if buf.Cap() <= ssePoolBelow {
 			buf.Reset()
 			batchPool.Put(buf)
 		}
 	}()
 	buf.Write(prefix)
-	goOn := true
 	for i, f := range frames {
 		frames[i] = nil
 		if f.CloseCode > 0 {
-			goOn = false
-			break
+			w.flush(buf)
+			return false
 		}
 		var id []byte
 		if f.Seq > 0 && w.cur.Advance(f.ProjectID, f.Seq) {
@@ -239,15 +234,24 @@ func (w *sseWriter) write(prefix []byte, frames []*hub.Frame) bool {
 		}
 		writeSSE(buf, f.Name, f.JSON, id)
 		w.s.sent.Inc()
+		if buf.Len() >= sseFlushAt && !w.flush(buf) {
+			return false
+		}
 	}
+	return w.flush(buf)
+}
+
+// flush writes what buf holds, within the stream's write timeout.
+func (w *sseWriter) flush(buf *bytes.Buffer) bool {
 	if buf.Len() == 0 {
-		return goOn
+		return true
 	}
 	if !w.st.arm(w.s.opts.WriteTimeout) {
 		return false
 	}
 	_, err := w.nc.Write(buf.Bytes())
-	return err == nil && goOn
+	buf.Reset()
+	return err == nil
 }
 
 // loop writes what the hub queues until the client leaves, the hub closes
@@ -257,7 +261,7 @@ func (w *sseWriter) loop() {
 	defer w.end()
 	heartbeat := time.NewTicker(w.s.opts.Heartbeat)
 	defer heartbeat.Stop()
-	var frames []*hub.Frame
+	var frames []*hub.Frame // made on the first wake: an idle stream holds none
 	for {
 		select {
 		case <-w.st.done:
@@ -267,12 +271,14 @@ func (w *sseWriter) loop() {
 				return
 			}
 		case <-w.st.wake:
-			frames = w.conn.Pull(frames[:0], 0)
-			if !w.write(nil, frames) {
-				return
-			}
-			if cap(frames) > 64 {
-				frames = nil
+			for {
+				frames = w.conn.Pull(frames[:0], sseBatch)
+				if len(frames) == 0 {
+					break
+				}
+				if !w.write(nil, frames) {
+					return
+				}
 			}
 		}
 	}

@@ -12,11 +12,19 @@ import (
 // form as the since parameter.
 type Cursor map[string]int64
 
-// ParseCursor reads a cursor or a since parameter.
+// MaxProjects is the most projects one SSE request may list, and one
+// connection may join.
+const MaxProjects = 200
+
+// ParseCursor reads a cursor or a since parameter: at most MaxProjects
+// entries.
 func ParseCursor(s string) (Cursor, error) {
 	c := Cursor{}
 	if strings.TrimSpace(s) == "" {
 		return c, nil
+	}
+	if strings.Count(s, ",") >= MaxProjects {
+		return nil, errors.New("more than 200 projects")
 	}
 	for _, part := range strings.Split(s, ",") {
 		id, seq, ok := strings.Cut(strings.TrimSpace(part), ":")
@@ -32,9 +40,12 @@ func ParseCursor(s string) (Cursor, error) {
 	return c, nil
 }
 
-// ParseProjects reads the projects parameter of /sse: a comma list of ids,
-// duplicates dropped, in the order given.
+// ParseProjects reads the projects parameter of /sse: a comma list of at
+// most MaxProjects ids, duplicates dropped, in the order given.
 func ParseProjects(s string) ([]string, error) {
+	if strings.Count(s, ",") >= MaxProjects {
+		return nil, errors.New("at most 200 projects in one request")
+	}
 	var projects []string
 	for _, p := range strings.Split(s, ",") {
 		if p = strings.TrimSpace(p); p == "" || slices.Contains(projects, p) {

@@ -94,7 +94,14 @@ func TestParseProjects(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(got, []string{"p2", "p1", "p3"}) {
 		t.Fatalf("got %v %v", got, err)
 	}
-	for _, bad := range []string{"", " , ", "p1,a:b", "p1,\x7f"} {
+	many := make([]string, MaxProjects+1)
+	for i := range many {
+		many[i] = "p" + string(rune('a'+i%26)) + strings.Repeat("x", i/26)
+	}
+	if got, err := ParseProjects(strings.Join(many[:MaxProjects], ",")); err != nil || len(got) != MaxProjects {
+		t.Fatalf("%d projects: %d, %v", MaxProjects, len(got), err)
+	}
+	for _, bad := range []string{"", " , ", "p1,a:b", "p1,\x7f", strings.Join(many, ",")} {
 		if _, err := ParseProjects(bad); err == nil {
 			t.Fatalf("projects %q accepted", bad)
 		}
@@ -118,4 +125,45 @@ func TestClientEvent(t *testing.T) {
 	if ClientEvent(Ping) != Ping || ClientEvent("story_uploaded") != "other" {
 		t.Fatal("ClientEvent keeps client names and folds the rest")
 	}
+}
+
+// The SSE query's parsers never panic, keep their bounds, and a cursor
+// reads back what a position writes.
+func FuzzSSEQuery(f *testing.F) {
+	for _, s := range [][2]string{
+		{"p1,p2", "p1:17,p2:4"},
+		{" p1 , p1 ,", ""},
+		{"a:b", "a:-1"},
+		{"\xff", "p:99999999999999999999"},
+		{strings.Repeat("p,", 250), strings.Repeat("p:1,", 250)},
+	} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, projects, cursor string) {
+		ps, err := ParseProjects(projects)
+		if err == nil {
+			if len(ps) == 0 || len(ps) > MaxProjects {
+				t.Fatalf("%q: %d projects", projects, len(ps))
+			}
+			seen := map[string]bool{}
+			for _, p := range ps {
+				if !ValidID(p) || seen[p] {
+					t.Fatalf("%q: project %q invalid or repeated", projects, p)
+				}
+				seen[p] = true
+			}
+		}
+		c, err := ParseCursor(cursor)
+		if err != nil {
+			return
+		}
+		if len(c) > MaxProjects {
+			t.Fatalf("%q: %d entries", cursor, len(c))
+		}
+		pos := NewPosition(c)
+		back, err := ParseCursor(string(pos.Append(nil)))
+		if err != nil || !reflect.DeepEqual(back, c) {
+			t.Fatalf("%q: position %q reads back as %v, %v", cursor, pos.Append(nil), back, err)
+		}
+	})
 }

@@ -14,6 +14,9 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
+	"sagapush/auth"
 	"sagapush/hub"
 	"sagapush/internal/protocol"
 )
@@ -41,6 +44,14 @@ type Options struct {
 	// AuthTimeout is the auth frame's deadline after an upgrade without a
 	// token (default 10s).
 	AuthTimeout time.Duration
+	// Leeway is how long past its exp a token stays good, as the verifier
+	// allows (default auth.DefaultLeeway): a token accepted inside the
+	// leeway is not cut at once.
+	Leeway time.Duration
+	// RateWindow is the window of the auth frames' own limit (default 60s):
+	// AuthFrames per window and connection, the first one included.
+	RateWindow time.Duration
+	AuthFrames int // default 10
 }
 
 // Manager opens sessions and runs their deadlines, for every transport.
@@ -55,6 +66,15 @@ type Manager struct {
 func NewManager(opts Options) *Manager {
 	if opts.AuthTimeout <= 0 {
 		opts.AuthTimeout = 10 * time.Second
+	}
+	if opts.Leeway <= 0 {
+		opts.Leeway = auth.DefaultLeeway
+	}
+	if opts.RateWindow <= 0 {
+		opts.RateWindow = time.Minute
+	}
+	if opts.AuthFrames <= 0 {
+		opts.AuthFrames = 10
 	}
 	return &Manager{hub: opts.Hub, auth: opts.Auth, opts: opts}
 }
@@ -72,10 +92,11 @@ type Session struct {
 	conn       *hub.Conn // nil until authenticated
 	expires    time.Time // the token's exp; zero: none
 	ended      bool
-	working    bool       // a worker goroutine handles the inbox
-	inbox      [][]byte   // client frames waiting for the worker
-	inboxCond  *sync.Cond // made when Receive first has to wait
-	refusedRun int32      // rate-limited frames in a row (worker only)
+	working    bool          // a worker goroutine handles the inbox
+	inbox      [][]byte      // client frames waiting for the worker
+	inboxCond  *sync.Cond    // made when Receive first has to wait
+	refusedRun int32         // rate-limited frames in a row (worker only)
+	authFrames *rate.Limiter // made at the first auth frame (worker only)
 
 	deadlineAt  time.Time // guarded by deadlines.mu
 	deadlineIdx int       // index in the deadline heap; -1 when none
@@ -231,6 +252,10 @@ func (s *Session) handle(msg []byte) {
 	}
 	s.m.hub.Metrics().MessagesIn.WithLabelValues(s.transport, protocol.ClientEvent(f.Event)).Inc()
 	if f.Event == protocol.Auth {
+		if ok, retry := s.allowAuth(); !ok {
+			s.replyError(protocol.Error{Code: protocol.CodeRateLimitExceeded, Message: "too many auth frames", RetryAfterMs: max(retry.Milliseconds(), 1)}, f.Ack)
+			return
+		}
 		s.handleAuth(f)
 		return
 	}
@@ -286,8 +311,29 @@ func (s *Session) handle(msg []byte) {
 // then live events. A refusal comes back as the error to answer with.
 func (s *Session) Join(ctx context.Context, projectID string, since *int64, ack json.RawMessage) (protocol.Joined, *protocol.Error) {
 	res, err := s.m.hub.Join(ctx, s.Conn(), projectID, since, ack)
+	return res, joinError(err, projectID)
+}
+
+// JoinAll joins each project (the query of an SSE stream), with the since
+// given for it, deciding access for all of them at once. A refused project
+// comes back with the error to answer with, the others with their joins.
+func (s *Session) JoinAll(ctx context.Context, projectIDs []string, since protocol.Cursor) ([]protocol.Joined, []protocol.Error) {
+	var joined []protocol.Joined
+	var refused []protocol.Error
+	for _, o := range s.m.hub.JoinAll(ctx, s.Conn(), projectIDs, since) {
+		if e := joinError(o.Err, o.ProjectID); e != nil {
+			refused = append(refused, *e)
+			continue
+		}
+		joined = append(joined, o.Joined)
+	}
+	return joined, refused
+}
+
+// joinError maps a refused join to the error to answer with; nil for none.
+func joinError(err error, projectID string) *protocol.Error {
 	if err == nil {
-		return res, nil
+		return nil
 	}
 	e := &protocol.Error{Code: protocol.CodeJoinProjectError, Message: "the project could not be joined now", ProjectID: projectID}
 	switch {
@@ -296,7 +342,24 @@ func (s *Session) Join(ctx context.Context, projectID string, since *int64, ack 
 	case errors.Is(err, hub.ErrTooManyRooms):
 		e.Message = err.Error()
 	}
-	return res, e
+	return e
+}
+
+// allowAuth takes one auth frame from the connection's own limit: each is
+// a token verification and, with a database, a users look-up, so they are
+// limited apart from (and do not count toward) the user's frames.
+func (s *Session) allowAuth() (bool, time.Duration) {
+	if s.authFrames == nil {
+		n := s.m.opts.AuthFrames
+		s.authFrames = rate.NewLimiter(rate.Limit(float64(n)/s.m.opts.RateWindow.Seconds()), n)
+	}
+	now := time.Now()
+	r := s.authFrames.ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return false, d
+	}
+	return true, 0
 }
 
 // handleAuth takes the first token (auth frame) or a refresh.
@@ -368,7 +431,7 @@ func (s *Session) armExpiryLocked() {
 		s.m.deadlines.remove(s) // a token without exp: nothing to wait for
 		return
 	}
-	s.m.deadlines.set(s, s.expires)
+	s.m.deadlines.set(s, s.expires.Add(s.m.opts.Leeway))
 }
 
 // due runs when a deadline scheduled for s comes: the auth frame's, or the
@@ -381,7 +444,7 @@ func (s *Session) due(at time.Time) {
 	case ended:
 	case conn == nil:
 		s.peer.Close(protocol.CloseNoAuth, "no auth frame in time")
-	case !exp.IsZero() && exp.Equal(at):
+	case !exp.IsZero() && exp.Add(s.m.opts.Leeway).Equal(at):
 		conn.Send(hub.ErrorFrame(protocol.Error{Code: protocol.CodeTokenExpired, Message: "token expired"}, nil))
 		conn.CloseAfterFlush(protocol.CloseUnauthenticated, "token expired")
 	}

@@ -144,7 +144,7 @@ func newFixture(t *testing.T, hopts hub.Options, authTimeout time.Duration) *fix
 		"bob":    {UserID: "bob", Projects: []string{"p1"}},
 		"soon":   {UserID: "carol", Projects: []string{"p1"}, ExpiresAt: time.Now().Add(150 * time.Millisecond)},
 	}
-	m := NewManager(Options{Hub: h, Auth: &Authenticator{Verifier: tok, Users: st}, AuthTimeout: authTimeout})
+	m := NewManager(Options{Hub: h, Auth: &Authenticator{Verifier: tok, Users: st}, AuthTimeout: authTimeout, Leeway: time.Nanosecond})
 	return &fixture{hub: h, m: m, st: st}
 }
 
@@ -346,3 +346,53 @@ func mustJSON(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
 }
+
+// A token's expiry closes the session only once the verifier's leeway has
+// passed too: a token accepted inside the leeway is not cut at once.
+func TestExpiryIncludesLeeway(t *testing.T) {
+	f := newFixture(t, hub.Options{}, time.Minute)
+	m := NewManager(Options{Hub: f.hub, Auth: f.m.auth, Leeway: time.Hour})
+	s := m.New(protocol.SSE, newPeer())
+	if no := s.Authenticate(context.Background(), "soon"); no != nil {
+		t.Fatal(no)
+	}
+	s.Start()
+	defer s.End()
+	m.deadlines.mu.Lock()
+	at := s.deadlineAt
+	m.deadlines.mu.Unlock()
+	if want := s.expires.Add(time.Hour); !at.Equal(want) {
+		t.Fatalf("expiry scheduled at %v, want exp + leeway %v", at, want)
+	}
+}
+
+// auth frames have a limit of their own per connection, the first one
+// included; more are refused without being verified, and they do not
+// count toward the user's frames.
+func TestAuthFrameLimit(t *testing.T) {
+	f := newFixture(t, hub.Options{RateMaxEvents: 3, RateWindow: time.Hour}, time.Minute)
+	tok := f.m.auth.Verifier.(tokens)
+	verified := 0
+	counting := verifierFunc(func(token string) (*auth.Claims, error) { verified++; return tok.Verify(token) })
+	m := NewManager(Options{Hub: f.hub, Auth: &Authenticator{Verifier: counting, Users: f.st}, RateWindow: time.Hour, AuthFrames: 10})
+	p := newPeer()
+	s := m.New(protocol.WebSocket, p)
+	defer s.End()
+	for i := 1; i <= 10; i++ {
+		s.Receive(frame("auth", map[string]string{"token": "alice"}, i))
+		p.expectEvent(t, "authenticated", float64(i))
+	}
+	s.Receive(frame("auth", map[string]string{"token": "alice"}, 11))
+	if d := p.expectError(t, protocol.CodeRateLimitExceeded, 11); d["retryAfterMs"] == nil {
+		t.Fatalf("no retryAfterMs: %v", d)
+	}
+	if verified != 10 {
+		t.Fatalf("%d tokens verified, want 10: the refused frame must not be", verified)
+	}
+	s.Receive(frame("ping", nil, 12)) // the user's own limit is untouched
+	p.expectEvent(t, "pong", 12)
+}
+
+type verifierFunc func(string) (*auth.Claims, error)
+
+func (v verifierFunc) Verify(token string) (*auth.Claims, error) { return v(token) }
