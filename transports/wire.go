@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"compress/flate"
+	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -29,6 +32,30 @@ import (
 // (not Linux), every write goes through the flusher. gorilla still reads,
 // and writes the handshake, pings and close frames: they come through
 // wireConn.Write and take their turn in the same order.
+//
+// A close the server starts completes the close handshake (docs/protocol.md
+// 4.6). Closing a socket while client data waits unread in it (or arrives
+// after) makes the kernel send a reset instead of a FIN, and a reset can
+// destroy the close frame before the client reads it. So once the close
+// frame is out nothing more is written, the write side shuts (a FIN follows
+// the frame) and the socket goes on being read, the data dropped, until the
+// client ends its side, for closeLinger and drainLimit bytes at most; only
+// then does the socket close (finish).
+
+// closeLinger bounds the wait for the client's side of a close handshake
+// once the server's close frame and FIN are out; drainLimit bounds what is
+// read and dropped meanwhile. Past either, the socket closes anyway.
+const (
+	closeLinger = 3 * time.Second
+	drainLimit  = 1 << 20
+)
+
+// errDrainLimit ends the reading of a closing connection past drainLimit.
+var errDrainLimit = errors.New("transports: client kept sending after the close")
+
+// closeFrameByte is the first byte of a close frame as gorilla writes it (FIN
+// and opcode 8; control frames are never compressed).
+const closeFrameByte = 0x88
 
 // Encoding slots of hub.Frame used by this transport.
 const (
@@ -85,10 +112,14 @@ func deflateFrame(payload []byte) []byte {
 type wireConn struct {
 	net.Conn
 	c *wsClient
+
+	closing atomic.Bool // the close frame is out (c.closeSent), for Read without c.mu
+	dropped int         // read since then; only melody's read goroutine reads
 }
 
 // Write is gorilla's: the handshake first, then pings and close frames, each
-// in one call. It never waits on the socket.
+// in one call. It never waits on the socket, and writes nothing after a
+// close frame.
 func (w *wireConn) Write(p []byte) (int, error) {
 	c := w.c
 	c.mu.Lock()
@@ -101,11 +132,30 @@ func (w *wireConn) Write(p []byte) (int, error) {
 		defer c.mu.Lock()
 		return w.Conn.Write(p)
 	}
-	if c.sockClosed {
+	if c.sockClosed || c.closeSent {
 		return 0, net.ErrClosed
 	}
 	c.sendLocked([][]byte{p}, false)
+	if len(p) > 0 && p[0] == closeFrameByte {
+		// aborted stops the hub's frames and Direct: no per-frame check.
+		c.closeSent, c.aborted = true, true
+		w.closing.Store(true)
+	}
 	return len(p), nil
+}
+
+// Read is gorilla's, then finish's. After the close frame what the client
+// sends is only dropped: drainLimit bytes at most.
+func (w *wireConn) Read(p []byte) (int, error) {
+	if !w.closing.Load() {
+		return w.Conn.Read(p)
+	}
+	if w.dropped >= drainLimit {
+		return 0, errDrainLimit
+	}
+	n, err := w.Conn.Read(p)
+	w.dropped += n
+	return n, err
 }
 
 // SetWriteDeadline only applies to the handshake: later writes never wait
@@ -121,20 +171,27 @@ func (w *wireConn) SetWriteDeadline(t time.Time) error {
 
 func (w *wireConn) SetDeadline(t time.Time) error {
 	w.SetWriteDeadline(t)
+	return w.SetReadDeadline(t)
+}
+
+// SetReadDeadline is gorilla's and melody's (the read loop's start, pongs):
+// it may not postpone the end of a close handshake (closeWriteLocked).
+func (w *wireConn) SetReadDeadline(t time.Time) error {
+	w.c.mu.Lock()
+	defer w.c.mu.Unlock()
+	if w.c.lingering {
+		return nil
+	}
 	return w.Conn.SetReadDeadline(t)
 }
 
-// Close closes the socket once the flusher wrote what it holds (a close
-// frame may be among it); it never waits.
+// Close is melody's and Abort's: the socket closes, or completes the close
+// handshake, once the flusher wrote what it holds (endLocked). It never
+// waits.
 func (w *wireConn) Close() error {
-	c := w.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.flushing {
-		c.closeWhenFlushed = true
-		return nil
-	}
-	c.closeSocketLocked()
+	w.c.mu.Lock()
+	defer w.c.mu.Unlock()
+	w.c.endLocked()
 	return nil
 }
 
@@ -188,10 +245,67 @@ func (c *wsClient) sendLocked(bufs [][]byte, stable bool) {
 	}
 }
 
+// endLocked ends the socket once the flusher has written what it holds.
+// After the server's close frame, while melody's read loop or finish still
+// read, only the write side closes (closeWriteLocked) and finish closes the
+// socket later; onConnect having run (c.sess), finish is sure to come.
+func (c *wsClient) endLocked() {
+	switch {
+	case c.flushing:
+		c.closeWhenFlushed = true
+	case c.closeSent && !c.finished && c.sess != nil:
+		c.closeWriteLocked()
+	default:
+		c.closeSocketLocked()
+	}
+}
+
+// closeWriteLocked shuts the write side once the close frame is out, so a
+// FIN follows it, and gives the client closeLinger to end its side; the
+// read deadline it sets is final (wireConn.SetReadDeadline). The descriptor
+// stays open: finish closes it.
+func (c *wsClient) closeWriteLocked() {
+	if c.lingering || c.sockClosed {
+		return
+	}
+	c.lingering = true
+	if cw, ok := c.sock.(interface{ CloseWrite() error }); ok { // *net.TCPConn
+		cw.CloseWrite()
+	}
+	c.sock.SetReadDeadline(time.Now().Add(closeLinger))
+}
+
+// finish closes the socket once melody's read loop has ended
+// (onDisconnect). After the server's close frame it first reads and drops
+// what the client still sends, until the client ends its side, the
+// deadline passes (closeLinger, plus WriteWait while the flusher still
+// writes the close frame) or drainLimit bytes were read: then the socket
+// holds no unread data and closes with a FIN, not a reset. nc is the
+// wireConn, whose Read counts the bytes.
+func (c *wsClient) finish(nc net.Conn) {
+	c.mu.Lock()
+	if !c.closeSent || c.sockClosed {
+		c.finished = true
+		c.endLocked()
+		c.mu.Unlock()
+		return
+	}
+	if !c.lingering {
+		c.sock.SetReadDeadline(time.Now().Add(c.ws.m.Config.WriteWait + closeLinger))
+	}
+	c.mu.Unlock()
+	io.Copy(io.Discard, nc)
+	c.mu.Lock()
+	c.finished = true
+	c.closeSocketLocked()
+	c.mu.Unlock()
+}
+
 // closeSocketLocked closes the socket now, dropping what waits. Every close
 // of the socket comes here, under c.mu, which every direct write holds too:
 // the invariant that keeps c.fd from being written once its number may
-// belong to another file (package sockwrite).
+// belong to another file (package sockwrite). (closeWriteLocked only shuts
+// the write side; nothing is written after it.)
 func (c *wsClient) closeSocketLocked() {
 	if c.sockClosed || c.sock == nil {
 		return
@@ -213,7 +327,7 @@ func (c *wsClient) flush() {
 		if !c.flushing || c.sockClosed {
 			c.flushing, c.flusher, c.pending = false, false, nil
 			if c.closeWhenFlushed {
-				c.closeSocketLocked()
+				c.endLocked()
 			}
 			c.mu.Unlock()
 			return
@@ -246,7 +360,7 @@ func (c *wsClient) pumpLocked() {
 			if f.CloseCode > 0 {
 				c.sendBatchLocked(out)
 				// gorilla writes the close frame after what is sent, and
-				// melody then closes the socket (once flushed).
+				// melody then closes (wireConn.Close: the handshake).
 				c.sess.CloseWithMsg(websocket.FormatCloseMessage(f.CloseCode, f.CloseReason))
 				c.aborted = true
 				return

@@ -195,13 +195,16 @@ func (ws *WebSocket) onDisconnect(s *melody.Session) {
 	c.mu.Unlock()
 	ws.clients.remove(s)
 	c.session.End()
+	c.finish(s.WebsocketConnection().NetConn())
 }
 
-// onMessage runs on melody's read loop: the frame goes to the session.
+// onMessage runs on melody's read loop: the frame goes to the session,
+// unless the server is closing the connection: nothing answers it then.
 func (ws *WebSocket) onMessage(s *melody.Session, msg []byte) {
 	c := ws.clients.get(s)
-	c.touch()
-	c.session.Receive(msg)
+	if c.touch() {
+		c.session.Receive(msg)
+	}
 }
 
 // wsClient is one WebSocket session: the hub connection's Outlet and the
@@ -229,6 +232,9 @@ type wsClient struct {
 	pending    [][]byte // waiting for the flusher, in order
 	flusher    bool     // the flusher goroutine runs
 	handshaken bool     // gorilla wrote the 101 response
+	closeSent  bool     // gorilla wrote a close frame: nothing is written after it
+	lingering  bool     // the write side is shut; the client's end is awaited
+	finished   bool     // the read loop ended, and finish will not read: closes are full
 
 	rejectOrigin bool
 	upgraded     chan struct{} // closed once the upgrade succeeded or failed
@@ -239,9 +245,16 @@ type wsClient struct {
 
 // touch counts any client frame as a sign of life (docs/protocol.md section 4.5: the timeout is
 // "without any client frame or pong"); melody only counts pongs. It runs on
-// the read goroutine, the only one that may set the read deadline.
-func (c *wsClient) touch() {
-	c.sess.WebsocketConnection().SetReadDeadline(time.Now().Add(c.ws.opts.PingTimeout))
+// the read goroutine. It reports false once the server decided to close:
+// the frame is dropped, and the close handshake's deadline stays.
+func (c *wsClient) touch() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.aborted {
+		return false
+	}
+	c.sock.SetReadDeadline(time.Now().Add(c.ws.opts.PingTimeout))
+	return true
 }
 
 // Warm loads the line Wake starts with (hub.Warmer), the lock's: an atomic
@@ -288,7 +301,9 @@ func (c *wsClient) Close(code int, reason string) {
 }
 
 // Abort closes at once through the websocket connection itself: melody's
-// Close would queue behind a full buffer. It never blocks the caller.
+// Close would queue behind a full buffer. It never blocks the caller. The
+// close frame goes after what is queued, and conn.Close then completes the
+// close handshake as any close does (wireConn.Close).
 func (c *wsClient) Abort(code int, reason string) {
 	c.mu.Lock()
 	if c.gone || c.sess == nil {
