@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -88,4 +89,26 @@ func FreePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// TicketConnections checks a client's requests, each "METHOD URL" (the URL
+// absolute or a request URI), for what the clients promise: no token in any
+// URL, and a ticket on every /ws and /sse connection. It returns how many
+// such connections there were.
+func TicketConnections(t testing.TB, requests []string) int {
+	t.Helper()
+	n := 0
+	for _, r := range requests {
+		if strings.Contains(r, "token=") || strings.Contains(r, "eyJ") { // eyJ: how every JWT starts
+			t.Errorf("a token in a URL: %s", r)
+		}
+		_, raw, _ := strings.Cut(r, " ")
+		if u, err := url.Parse(raw); err == nil && (u.Path == "/ws" || u.Path == "/sse") {
+			if !u.Query().Has("ticket") {
+				t.Errorf("a connection without a ticket: %s", r)
+			}
+			n++
+		}
+	}
+	return n
 }
