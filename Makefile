@@ -39,10 +39,11 @@ lint:
 
 # Fuzz what clients send before anything else checks it, each target for a
 # while (go test fuzzes one target per run; the seed corpora run in make
-# test): the client-frame decoder and the ticket of ?ticket=. About 90 s.
+# test): the client-frame decoder and the ticket of ?ticket=. About 90 s
+# with the builds.
 fuzz:
-	$(GO) test ./internal/protocol -run '^$$' -fuzz FuzzDecodeClientFrame -fuzztime 50s
-	$(GO) test ./internal/session -run '^$$' -fuzz FuzzTicketHash -fuzztime 30s
+	$(GO) test ./internal/protocol -run '^$$' -fuzz FuzzDecodeClientFrame -fuzztime 45s
+	$(GO) test ./internal/session -run '^$$' -fuzz FuzzTicketHash -fuzztime 25s
 
 bench: build
 	$(GO) run ./bench -out bench/results $(BENCH_ARGS)
