@@ -37,11 +37,13 @@ lint:
 		GOOS=$${p%/*} GOARCH=$${p#*/} $$sc ./...; \
 	done
 
-# Fuzz what clients send for a while: frames, and the SSE query (the seed
-# corpora run in make test).
+# Fuzz what clients send before anything else checks it, each target for a
+# while (go test fuzzes one target per run; the seed corpora run in make
+# test): the client-frame decoder, the SSE query and the ticket of ?ticket=.
 fuzz:
 	$(GO) test ./internal/protocol -run '^$$' -fuzz '^FuzzDecodeClientFrame$$' -fuzztime 30s
-	$(GO) test ./internal/protocol -run '^$$' -fuzz '^FuzzSSEQuery$$' -fuzztime 30s
+	$(GO) test ./internal/protocol -run '^$$' -fuzz '^FuzzSSEQuery$$' -fuzztime 25s
+	$(GO) test ./internal/session -run '^$$' -fuzz '^FuzzTicketHash$$' -fuzztime 25s
 
 bench: build
 	$(GO) run ./bench -out bench/results $(BENCH_ARGS)

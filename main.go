@@ -100,6 +100,8 @@ type config struct {
 	MaxReplay       int
 	MemoryHistory   int
 	AuthTimeout     time.Duration
+	TicketTTL       time.Duration
+	AllowTokenInURL bool
 	LogLevel        slog.Level
 }
 
@@ -136,6 +138,8 @@ func loadConfig() (config, error) {
 		MaxReplay:       intEnv("MAX_REPLAY", 2000, &errs),
 		MemoryHistory:   intEnv("EMBEDDED_HISTORY", 10000, &errs),
 		AuthTimeout:     ms("AUTH_TIMEOUT_MS", 10000),
+		TicketTTL:       ms("TICKET_TTL_MS", 30000),
+		AllowTokenInURL: boolEnv("ALLOW_TOKEN_IN_URL", true, &errs),
 	}
 	switch {
 	case c.JWTLeeway > auth.DefaultLeeway:
@@ -172,16 +176,33 @@ func envOr(name, def string) string {
 }
 
 func intEnv(name string, def int, errs *[]error) int {
+	return parseEnv(name, def, "a non-negative integer", errs, func(v string) (int, bool) {
+		n, err := strconv.Atoi(v)
+		return n, err == nil && n >= 0
+	})
+}
+
+// boolEnv is strict: a typo in a security switch must not pass as its default.
+func boolEnv(name string, def bool, errs *[]error) bool {
+	return parseEnv(name, def, "true or false", errs, func(v string) (bool, bool) {
+		b, err := strconv.ParseBool(v)
+		return b, err == nil
+	})
+}
+
+// parseEnv reads the variable with parse, def when it is unset; a value
+// that parse refuses is reported in errs.
+func parseEnv[T any](name string, def T, want string, errs *[]error, parse func(string) (T, bool)) T {
 	v := os.Getenv(name)
 	if v == "" {
 		return def
 	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 {
-		*errs = append(*errs, fmt.Errorf("%s must be a non-negative integer, not %q", name, v))
+	x, ok := parse(v)
+	if !ok {
+		*errs = append(*errs, fmt.Errorf("%s must be %s, not %q", name, want, v))
 		return def
 	}
-	return n
+	return x
 }
 
 func serve(args []string, stdout, stderr io.Writer) error {
@@ -254,7 +275,8 @@ func serve(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	authn := &session.Authenticator{Verifier: verifier, Users: st}
+	tickets := &session.Tickets{Store: st, TTL: cfg.TicketTTL}
+	authn := &session.Authenticator{Verifier: verifier, Users: st, Tickets: tickets, NoTokenInURL: !cfg.AllowTokenInURL}
 	sessions := session.NewManager(session.Options{Hub: h, Auth: authn, AuthTimeout: cfg.AuthTimeout, RateWindow: cfg.RateWindow, Leeway: cfg.JWTLeeway})
 	handshakes := httpguard.NewAddrLimiter(cfg.HandshakeRate, cfg.HandshakeBurst)
 	ws := transports.NewWebSocket(sessions, transports.WSOptions{
@@ -269,7 +291,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 		database = st
 	}
 	e := handlers.New(handlers.Config{
-		Auth: authn, Stats: h, Publisher: st, UserEvents: h, Database: database,
+		Auth: authn, Stats: h, Publisher: st, UserEvents: h, Tickets: tickets, Database: database,
 		WS: ws, SSE: sse, Origins: cfg.Origins,
 		Gatherer: reg, Web: web.Files, Logger: log, Pprof: os.Getenv("PPROF") == "1",
 	})
@@ -320,15 +342,15 @@ func printDemo(w io.Writer, secret []byte, port int) {
 	fmt.Fprintf(w, `
 Saga push is running in embedded mode (no DATABASE_URL): events live in memory.
 
-  Demo page:   %s/?token=%s&project=demo-project&serviceToken=%s
-  WebSocket:   websocat '%s/ws?token=%s'
+  Demo page:   %s/#token=%s&project=demo-project&serviceToken=%s
+  WebSocket:   websocat -H 'Authorization: Bearer %s' '%s/ws'
                  then send {"event":"join_project","data":{"projectId":"demo-project"},"ack":1}
   Publish:     curl -X POST %s/api/events -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' \
                  -d '{"projectId":"demo-project","event":"story_uploaded","data":{"story":{"id":"s1","title":"First day of school"}}}'
   Health:      curl %s/api/websocket/health
 
 These tokens are signed with a secret generated at start; set JWT_SECRET to keep them across restarts.
-`, base, user, service, strings.Replace(base, "http", "ws", 1), user, base, service, base)
+`, base, user, service, user, strings.Replace(base, "http", "ws", 1), base, service, base)
 }
 
 func migrate(stderr io.Writer) error {

@@ -520,16 +520,16 @@ func TestMint(t *testing.T) {
 
 func TestTokenFromRequest(t *testing.T) {
 	cases := []struct {
-		name, header, url, want string
+		name, header, url, want, bearer string
 	}{
-		{"bearer", "Bearer abc.def.ghi", "/ws", "abc.def.ghi"},
-		{"lowercase scheme", "bearer abc", "/ws", "abc"},
-		{"header wins", "BEARER hdr", "/ws?token=q", "hdr"},
-		{"query", "", "/sse?projects=p1&token=q.r.s", "q.r.s"},
-		{"other scheme falls back to query", "Basic dXNlcjpwYXNz", "/sse?token=q", "q"},
-		{"empty bearer falls back to query", "Bearer ", "/sse?token=q", "q"},
-		{"none", "", "/ws", ""},
-		{"basic only", "Basic dXNlcjpwYXNz", "/ws", ""},
+		{"bearer", "Bearer abc.def.ghi", "/ws", "abc.def.ghi", "abc.def.ghi"},
+		{"lowercase scheme", "bearer abc", "/ws", "abc", "abc"},
+		{"header wins", "BEARER hdr", "/ws?token=q", "hdr", "hdr"},
+		{"query", "", "/sse?projects=p1&token=q.r.s", "q.r.s", ""},
+		{"other scheme falls back to query", "Basic dXNlcjpwYXNz", "/sse?token=q", "q", ""},
+		{"empty bearer falls back to query", "Bearer ", "/sse?token=q", "q", ""},
+		{"none", "", "/ws", "", ""},
+		{"basic only", "Basic dXNlcjpwYXNz", "/ws", "", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -539,6 +539,10 @@ func TestTokenFromRequest(t *testing.T) {
 			}
 			if got := TokenFromRequest(r); got != tc.want {
 				t.Fatalf("TokenFromRequest = %q, want %q", got, tc.want)
+			}
+			// BearerToken never reads the URL.
+			if got := BearerToken(r); got != tc.bearer {
+				t.Fatalf("BearerToken = %q, want %q", got, tc.bearer)
 			}
 		})
 	}

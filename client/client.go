@@ -31,6 +31,11 @@
 //     (re)connect, and again min(30 s, 10% of the token's lifetime) before
 //     the token expires (WebSocket: an auth frame; SSE: the stream re-opens
 //     from its cursor).
+//   - No token ever goes into a URL (proxies and logs keep URLs): before
+//     every WebSocket dial and every event stream (re)open the client trades
+//     its token for a one-time ticket (POST /api/tickets, the token in the
+//     Authorization header) and connects with ?ticket=. A ticket refused
+//     (HTTP 401) counts as a refused token.
 //   - SSE: the joined projects are part of the stream URL, so joining or
 //     leaving re-opens the stream. With no project joined there is no stream:
 //     the client counts as connected once /api/websocket/health answers.
@@ -126,9 +131,9 @@ type Options struct {
 	// OnStateChange, when set, is called after every state change. It must
 	// not block.
 	OnStateChange func(State)
-	// HTTPClient is used for the WebSocket handshake, the event stream and
-	// the health check. Its Timeout must be 0 (streams are long-lived).
-	// Default: a client over http.DefaultTransport.
+	// HTTPClient is used for the WebSocket handshake, the event stream,
+	// tickets and the health check. Its Timeout must be 0 (streams are
+	// long-lived). Default: a client over http.DefaultTransport.
 	HTTPClient *http.Client
 	// Logger receives connection events (default: discarded).
 	Logger *slog.Logger

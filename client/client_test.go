@@ -10,6 +10,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -20,6 +21,7 @@ import (
 
 	"sagapush/auth"
 	"sagapush/client"
+	"sagapush/internal/testsupport"
 	"sagapush/store/pgtest"
 )
 
@@ -610,4 +612,56 @@ func TestClose4401(t *testing.T) {
 			t.Errorf("Err() = %v, want TOKEN_EXPIRED", err)
 		}
 	})
+}
+
+// The client never puts a token in a URL: it connects with tickets, which
+// it gets with the token in the Authorization header, on every dial and
+// every stream (re)open, refreshes included. The server refuses ?token=
+// (ALLOW_TOKEN_IN_URL=false), and a proxy in front records every request.
+func TestNoTokenInURL(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "ALLOW_TOKEN_IN_URL=false")
+	target, _ := url.Parse(s.URL)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var mu sync.Mutex
+	var seen []string // method, path and query of each request
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Method+" "+r.URL.RequestURI())
+		mu.Unlock()
+		if r.URL.Path == "/api/tickets" && !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
+			t.Errorf("POST /api/tickets without the token in the Authorization header")
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	for _, tr := range []string{client.WebSocket, client.SSE} {
+		t.Run(tr, func(t *testing.T) {
+			p := "p-" + tr
+			var calls atomic.Int32
+			c, events := newClient(t, client.Options{URL: front.URL, Transports: []string{tr},
+				GetToken: func(context.Context) (string, error) {
+					calls.Add(1)
+					return token(t, auth.Claims{UserID: "u1", Projects: []string{p, p + "-2"}}, 3*time.Second), nil
+				}}, false)
+			ctx := ctxWait(t)
+			if err := c.Connect(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Join(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Join(ctx, p+"-2"); err != nil { // SSE: the stream re-opens
+				t.Fatal(err)
+			}
+			eventually(t, "a token refresh", func() bool { return calls.Load() >= 2 })
+			seq := publish(t, s, p, "story_uploaded", story("after-refresh"))
+			events.expectSeqs(t, p, 1, seq)
+		})
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if tickets := testsupport.TicketConnections(t, seen); tickets < 3 {
+		t.Errorf("%d connections by ticket in %v, want a WebSocket and two streams at least", tickets, seen)
+	}
 }

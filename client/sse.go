@@ -129,17 +129,16 @@ func (c *Client) denyAll(r openResult) {
 	c.log.Warn("saga push: projects refused", "projects", r.denied)
 }
 
-// open (re)opens the stream for the wanted projects and waits for its
-// response headers. With no project it closes the stream and, while
-// connecting, checks that the server answers.
+// open (re)opens the stream for the wanted projects, with a fresh ticket,
+// and waits for its response headers. With no project it closes the stream
+// and, while connecting, checks that the server answers.
 func (s *sseSession) open(ctx context.Context, connecting bool) openResult {
 	c := s.c
 	s.closeStream()
 	c.mu.Lock()
-	ids := c.projectIDsLocked()
-	key := strings.Join(ids, ",")
-	if len(ids) == 0 {
-		c.mu.Unlock()
+	none := len(c.projects) == 0
+	c.mu.Unlock()
+	if none {
 		if !connecting {
 			return openResult{ok: true}
 		}
@@ -150,11 +149,22 @@ func (s *sseSession) open(ctx context.Context, connecting bool) openResult {
 		}
 		return openResult{ok: true}
 	}
+	tctx, tcancel := context.WithTimeout(ctx, c.opts.RequestTimeout)
+	ticket, f, ok := c.ticket(tctx)
+	tcancel()
+	if !ok {
+		return openResult{f: f}
+	}
+	c.mu.Lock()
+	ids := c.projectIDsLocked()
+	key := strings.Join(ids, ",")
+	if len(ids) == 0 { // every project was left meanwhile: no stream
+		c.mu.Unlock()
+		return openResult{ok: true}
+	}
 	q := url.Values{}
 	q.Set("projects", key)
-	if c.token != "" {
-		q.Set("token", c.token)
-	}
+	q.Set("ticket", ticket)
 	if c.cursor != "" && c.cursorKey == key {
 		q.Set("lastEventId", c.cursor)
 	} else {

@@ -31,8 +31,8 @@ type wsConn struct {
 	pending map[string]chan *wire
 }
 
-// wsURL is the /ws URL with the token in the query.
-func (c *Client) wsURL(token string) string {
+// wsURL is the /ws URL with a one-time ticket in the query.
+func (c *Client) wsURL(ticket string) string {
 	u := *c.base
 	if u.Scheme == "https" {
 		u.Scheme = "wss"
@@ -42,21 +42,20 @@ func (c *Client) wsURL(token string) string {
 	u.Path = u.Path + "/ws"
 	u.RawPath = ""
 	u.RawQuery = ""
-	if token != "" {
-		u.RawQuery = "token=" + url.QueryEscape(token)
-	}
+	u.RawQuery = "ticket=" + url.QueryEscape(ticket)
 	return u.String()
 }
 
-// dialWS opens a WebSocket and waits for the answer to a first ping, within
-// FallbackTimeout.
+// dialWS gets a ticket, opens a WebSocket with it and waits for the answer
+// to a first ping, all within FallbackTimeout.
 func (c *Client) dialWS(ctx context.Context) (*wsConn, failure, bool) {
-	c.mu.Lock()
-	token := c.token
-	c.mu.Unlock()
 	dctx, cancel := context.WithTimeout(ctx, c.opts.FallbackTimeout)
 	defer cancel()
-	conn, resp, err := websocket.Dial(dctx, c.wsURL(token), &websocket.DialOptions{HTTPClient: c.http})
+	ticket, f, ok := c.ticket(dctx)
+	if !ok {
+		return nil, f, false
+	}
+	conn, resp, err := websocket.Dial(dctx, c.wsURL(ticket), &websocket.DialOptions{HTTPClient: c.http})
 	if err != nil {
 		if resp != nil && resp.StatusCode != 101 {
 			var body []byte

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 
@@ -250,7 +251,7 @@ func artifactsDir(t *testing.T) string {
 }
 
 // (a) The demo page in embedded mode, opened as `make run` prints it (and
-// with ?transport=sse): no console error, connected, a published story
+// with transport=sse): no console error, connected, a published story
 // appears as a card, ping resolves. A screenshot of each is saved.
 func TestBrowserDemoPage(t *testing.T) {
 	t.Parallel()
@@ -276,7 +277,8 @@ func testDemoPage(t *testing.T, s *testServer, transportParam, wantTransport, sh
 	if transportParam != "" {
 		q.Set("transport", transportParam)
 	}
-	browserRun(t, ctx, "opening the demo page", chromedp.Navigate(s.URL+"/?"+q.Encode()))
+	// After #, as `make run` prints it: the tokens never reach the server.
+	browserRun(t, ctx, "opening the demo page", chromedp.Navigate(s.URL+"/#"+q.Encode()))
 
 	browserUntil(t, ctx, "the page to connect", `document.body.dataset.state === 'connected'`, browserWait)
 	browserUntil(t, ctx, "the page to join "+project, fmt.Sprintf(`window.sagaClient && window.sagaClient.lastSeq(%q) !== undefined`, project), browserWait)
@@ -453,4 +455,83 @@ func testBrowserReconnect(t *testing.T, transport string) {
 		t.Errorf("client %s, want connected %s", st, transport)
 	}
 	t.Logf("states: %v", browserEval[[]string](t, ctx, `window.__t.states`))
+}
+
+// requestLog is every request a tab made: "METHOD URL" (WebSockets as
+// "WS URL"), and the Authorization header of each POST /api/tickets.
+type requestLog struct {
+	mu         sync.Mutex
+	requests   []string
+	ticketAuth []string
+}
+
+// watchRequests records the tab's requests from the browser's network
+// events; call it before navigating.
+func watchRequests(t *testing.T, ctx context.Context) *requestLog {
+	t.Helper()
+	l := &requestLog{}
+	err := chromedp.Listen(ctx, func(ev any) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		switch e := ev.(type) {
+		case *network.EventRequestWillBeSent:
+			l.requests = append(l.requests, e.Request.Method+" "+e.Request.URL)
+			if e.Request.Method == "POST" && strings.HasSuffix(e.Request.URL, "/api/tickets") {
+				a, _ := e.Request.Headers["Authorization"].(string)
+				l.ticketAuth = append(l.ticketAuth, a)
+			}
+		case *network.EventWebSocketCreated:
+			l.requests = append(l.requests, "WS "+e.URL)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// (e) web/client.js never puts a token in a URL: against a server that
+// refuses ?token=, on each transport, through a second join (SSE re-opens
+// its stream) and a reconnect, every request the browser made is free of
+// tokens, every connection came with a ticket, and every ticket was asked
+// for with the token in the Authorization header.
+func TestBrowserNoTokenInURL(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "ALLOW_TOKEN_IN_URL=false")
+	svc := s.serviceToken(t)
+	for _, transport := range []string{"websocket", "sse"} {
+		t.Run(transport, func(t *testing.T) {
+			t.Parallel()
+			p1, p2 := "p1-"+transport, "p2-"+transport
+			tok := s.userToken(t, "dave", p1, p2)
+			ctx := newBrowser(t)
+			log := watchRequests(t, ctx)
+			browserRun(t, ctx, "opening a page of the server", chromedp.Navigate(s.URL+"/?autoconnect=0"))
+			startTestClient(t, ctx, tok, p1, transport)
+			browserEval[bool](t, ctx, `window.__t.client.joinProject(`+jsLiteral(t, p2)+`).then(() => true)`)
+			publish(t, s, svc, p1, "story_uploaded", map[string]any{"story": map[string]any{"id": "s1", "projectId": p1}})
+			browserUntil(t, ctx, "the first event", `window.__t.seqs.length === 1`, browserWait)
+			browserEval[bool](t, ctx, `(window.__t.client.disconnect(), window.__t.client.connect().then(() => true))`)
+			publish(t, s, svc, p1, "story_uploaded", map[string]any{"story": map[string]any{"id": "s2", "projectId": p1}})
+			browserUntil(t, ctx, "the event after the reconnect", `window.__t.seqs.length === 2`, browserWait)
+			if tr := browserEval[string](t, ctx, `window.__t.client.transport`); tr != transport {
+				t.Errorf("transport %q, want %s", tr, transport)
+			}
+
+			log.mu.Lock()
+			defer log.mu.Unlock()
+			connections := testsupport.TicketConnections(t, log.requests)
+			if connections < 2 {
+				t.Errorf("%d connections by ticket, want one before and one after the reconnect at least: %v", connections, log.requests)
+			}
+			if len(log.ticketAuth) < connections {
+				t.Errorf("%d ticket requests for %d connections", len(log.ticketAuth), connections)
+			}
+			for _, a := range log.ticketAuth {
+				if a != "Bearer "+tok {
+					t.Errorf("POST /api/tickets with Authorization %q, want the token", a)
+				}
+			}
+		})
+	}
 }

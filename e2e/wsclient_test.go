@@ -43,6 +43,7 @@ type wsClient struct {
 
 type dialConfig struct {
 	header      http.Header
+	query       url.Values
 	noToken     bool
 	tokenHeader bool
 	manual      bool
@@ -64,6 +65,14 @@ func withoutToken() dialOpt { return func(c *dialConfig) { c.noToken = true } }
 // token query parameter.
 func withTokenHeader() dialOpt { return func(c *dialConfig) { c.tokenHeader = true } }
 
+// withTicket dials with a one-time ticket (?ticket=) and no token.
+func withTicket(ticket string) dialOpt {
+	return func(c *dialConfig) {
+		c.noToken = true
+		c.query.Set("ticket", ticket)
+	}
+}
+
 // manualRead reads only when the test asks for a message (read, expect...)
 // until startReading; such a client answers no ping meanwhile.
 func manualRead() dialOpt { return func(c *dialConfig) { c.manual = true } }
@@ -75,7 +84,7 @@ func named(n string) dialOpt { return func(c *dialConfig) { c.name = n } }
 // up to 1 KiB of body on failure) instead of failing the test.
 func tryDialWS(t testing.TB, s *testServer, token string, opts ...dialOpt) (*wsClient, *http.Response, error) {
 	t.Helper()
-	cfg := dialConfig{header: http.Header{}}
+	cfg := dialConfig{header: http.Header{}, query: url.Values{}}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -84,8 +93,11 @@ func tryDialWS(t testing.TB, s *testServer, token string, opts ...dialOpt) (*wsC
 		if cfg.tokenHeader {
 			cfg.header.Set("Authorization", "Bearer "+token)
 		} else {
-			u += "?token=" + url.QueryEscape(token)
+			cfg.query.Set("token", token)
 		}
+	}
+	if len(cfg.query) > 0 {
+		u += "?" + cfg.query.Encode()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()

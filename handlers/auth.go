@@ -19,17 +19,33 @@ type Authenticator interface {
 	Authenticate(ctx context.Context, token string) (*hub.User, time.Time, *protocol.Error)
 }
 
-// userKey is where requireRole leaves the request's *hub.User in the
-// echo.Context.
-const userKey = "sagapush.user"
+// Where the auth middleware leaves the request's *hub.User and its token's
+// expiry (time.Time, zero: none) in the echo.Context.
+const (
+	userKey   = "sagapush.user"
+	expiryKey = "sagapush.expiry"
+)
 
 // requireRole lets a request through only with a valid token whose role is
 // one of roles: 401 (503 when the token cannot be checked now) or 403
 // otherwise.
 func requireRole(a Authenticator, roles ...string) echo.MiddlewareFunc {
+	return authenticated(a, auth.TokenFromRequest, roles)
+}
+
+// requireToken lets a request through with any valid token, of any role,
+// from the Authorization header only: a token in a URL is what tickets
+// exist to avoid.
+func requireToken(a Authenticator) echo.MiddlewareFunc {
+	return authenticated(a, auth.BearerToken, nil)
+}
+
+// authenticated checks the token that tokenOf finds and, unless roles is
+// nil, its role.
+func authenticated(a Authenticator, tokenOf func(*http.Request) string, roles []string) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
-			u, _, e := a.Authenticate(c.Request().Context(), auth.TokenFromRequest(c.Request()))
+			u, exp, e := a.Authenticate(c.Request().Context(), tokenOf(c.Request()))
 			if e != nil {
 				status := http.StatusUnauthorized
 				if e.Code == protocol.CodeInternalError {
@@ -37,10 +53,11 @@ func requireRole(a Authenticator, roles ...string) echo.MiddlewareFunc {
 				}
 				return &apiError{status: status, err: *e}
 			}
-			if !slices.Contains(roles, u.Role) {
+			if roles != nil && !slices.Contains(roles, u.Role) {
 				return newError(http.StatusForbidden, protocol.CodeForbidden, "this token's role may not do this")
 			}
 			c.Set(userKey, u)
+			c.Set(expiryKey, exp)
 			return next(c)
 		}
 	}

@@ -21,10 +21,11 @@ import (
 // Config holds what the HTTP surface serves. Each dependency is the small
 // interface of the routes that use it, so that they can be tested alone.
 type Config struct {
-	Auth       Authenticator // the token of stats and publish
+	Auth       Authenticator // the token of stats, publish and tickets
 	Stats      Stats         // health and stats (the hub)
 	Publisher  Publisher     // project events (the store)
 	UserEvents UserEvents    // user-targeted events (the hub)
+	Tickets    TicketMinter  // one-time connect tickets; nil: no /api/tickets
 	// Database is what the health checks; nil when there is none (embedded
 	// mode), which the health reports as "disabled".
 	Database Health
@@ -60,6 +61,9 @@ func New(cfg Config) *echo.Echo {
 	// is refused (413) without reading it or verifying anything.
 	api.POST("/events", publish(cfg.Publisher, cfg.UserEvents, log),
 		middleware.BodyLimit("512K"), requireRole(cfg.Auth, auth.RoleService))
+	if cfg.Tickets != nil {
+		api.POST("/tickets", mintTicket(cfg.Tickets, log), requireToken(cfg.Auth))
+	}
 
 	if cfg.Pprof {
 		e.Any("/debug/pprof/*", echo.WrapHandler(http.DefaultServeMux))

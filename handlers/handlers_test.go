@@ -52,6 +52,22 @@ func (fakeAuth) Authenticate(_ context.Context, token string) (*hub.User, time.T
 	return nil, time.Time{}, &protocol.Error{Code: protocol.CodeUnauthorized, Message: "invalid token"}
 }
 
+// tokenCase is a request's token and the answer it gets.
+type tokenCase struct {
+	name, token   string
+	status        int
+	code, message string
+}
+
+// tokenRefusals are fakeAuth's refusals, which every route behind a token
+// answers alike.
+var tokenRefusals = []tokenCase{
+	{"no token", "", http.StatusUnauthorized, "UNAUTHORIZED", "missing token"},
+	{"bad token", "forged", http.StatusUnauthorized, "UNAUTHORIZED", "invalid token"},
+	{"expired token", expiredToken, http.StatusUnauthorized, "TOKEN_EXPIRED", "token expired"},
+	{"user cannot be checked", uncheckedToken, http.StatusServiceUnavailable, "INTERNAL_ERROR", "cannot check the user now"},
+}
+
 type fakeStats hub.Stats
 
 func (f fakeStats) Stats() hub.Stats { return hub.Stats(f) }

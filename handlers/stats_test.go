@@ -16,17 +16,8 @@ const statsPath = "/api/websocket/stats"
 
 func TestStatsAuth(t *testing.T) {
 	h := testServer(t, nil)
-	for _, tc := range []struct {
-		name, token   string
-		status        int
-		code, message string
-	}{
-		{"no token", "", http.StatusUnauthorized, "UNAUTHORIZED", "missing token"},
-		{"bad token", "forged", http.StatusUnauthorized, "UNAUTHORIZED", "invalid token"},
-		{"expired token", expiredToken, http.StatusUnauthorized, "TOKEN_EXPIRED", "token expired"},
-		{"user cannot be checked", uncheckedToken, http.StatusServiceUnavailable, "INTERNAL_ERROR", "cannot check the user now"},
-		{"user role", userToken, http.StatusForbidden, "FORBIDDEN", "this token's role may not do this"},
-	} {
+	for _, tc := range append(tokenRefusals,
+		tokenCase{"user role", userToken, http.StatusForbidden, "FORBIDDEN", "this token's role may not do this"}) {
 		t.Run(tc.name, func(t *testing.T) {
 			wantError(t, do(t, h, "GET", statsPath, tc.token, ""), tc.status, tc.code, tc.message)
 		})

@@ -20,6 +20,8 @@ type Memory struct {
 	mu       sync.Mutex
 	projects map[string]*memProject
 	sink     Sink
+
+	tickets memTickets
 }
 
 type memProject struct {

@@ -103,6 +103,7 @@ type Postgres struct {
 	dropNotify atomic.Bool
 
 	lastEphemeralPrune atomic.Int64 // unix nanos
+	lastTicketPrune    atomic.Int64 // unix nanos
 
 	lst listenerState
 	q   queues
@@ -356,20 +357,21 @@ func (p *Postgres) PublishEphemeral(ctx context.Context, e hub.Ephemeral) error 
 	if err != nil {
 		return err
 	}
-	p.pruneEphemeralSometimes(ctx)
+	p.sometimes(ctx, &p.lastEphemeralPrune, ephemeralTTL, "ephemeral messages", p.pruneEphemeral)
 	return nil
 }
 
-// pruneEphemeralSometimes deletes expired stored ephemeral messages, at
-// most once per ephemeralTTL per instance.
-func (p *Postgres) pruneEphemeralSometimes(ctx context.Context) {
+// sometimes runs prune at most once per every on this instance (last holds
+// the last run's unix nanos): rows expire by the table, not by the insert,
+// so pruning on every insert would only add round trips.
+func (p *Postgres) sometimes(ctx context.Context, last *atomic.Int64, every time.Duration, what string, prune func(context.Context) error) {
 	now := time.Now().UnixNano()
-	last := p.lastEphemeralPrune.Load()
-	if now-last < int64(ephemeralTTL) || !p.lastEphemeralPrune.CompareAndSwap(last, now) {
+	l := last.Load()
+	if now-l < int64(every) || !last.CompareAndSwap(l, now) {
 		return
 	}
-	if err := p.pruneEphemeral(ctx); err != nil {
-		p.log.Warn("pruning ephemeral messages failed", "err", err)
+	if err := prune(ctx); err != nil {
+		p.log.Warn("pruning "+what+" failed", "err", err)
 	}
 }
 
@@ -385,7 +387,8 @@ func (p *Postgres) pruneEphemeral(ctx context.Context) error {
 // stands alone, so the pruner holds at most one counter row lock at a time
 // and cannot deadlock with a transaction writing to several projects. A run
 // cut short is finished by the next: a project keeps showing up while it
-// holds old events. It returns how many events it deleted.
+// holds old events. It returns how many events it deleted. Expired
+// ephemeral messages and tickets go too.
 func (p *Postgres) Prune(ctx context.Context) (int64, error) {
 	cutoff := time.Now().Add(-p.opts.Retention)
 	var old []struct {
@@ -419,6 +422,9 @@ func (p *Postgres) Prune(ctx context.Context) (int64, error) {
 		total += n
 	}
 	if err := p.pruneEphemeral(ctx); err != nil {
+		return total, err
+	}
+	if err := p.pruneTickets(ctx); err != nil {
 		return total, err
 	}
 	return total, nil

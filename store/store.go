@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"time"
 
 	"sagapush/hub"
 )
@@ -22,6 +23,11 @@ type Store interface {
 	Publish(ctx context.Context, projectID, name string, data json.RawMessage) (int64, error)
 	// UserExists tells whether a user id may connect.
 	UserExists(ctx context.Context, userID string) (bool, error)
+	// PutTicket and TakeTicket keep one-time connect tickets by hash
+	// (session.TicketStore): TakeTicket is the one place that spends a
+	// ticket, once, whichever instance asks.
+	PutTicket(ctx context.Context, hash, claims []byte, ttl time.Duration, notAfter time.Time) (time.Time, error)
+	TakeTicket(ctx context.Context, hash []byte) (claims []byte, ok bool, err error)
 	// Healthy returns nil when the store and its notification channel work.
 	Healthy(ctx context.Context) error
 	// Mode is "embedded" or "postgres".

@@ -79,7 +79,8 @@ func (s *SSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	st := &sseStream{wake: make(chan struct{}, 1), done: make(chan struct{})}
 	sess := s.sessions.New(protocol.SSE, st)
-	if no := sess.Authenticate(r.Context(), handshakeToken(r)); no != nil {
+	cred, _ := handshakeCredential(r) // none: refused as a missing token
+	if no := sess.Authenticate(r.Context(), cred); no != nil {
 		refuse(w, protocol.SSE, metrics, no)
 		return
 	}

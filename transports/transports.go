@@ -8,6 +8,7 @@ package transports
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 	"time"
 
 	"sagapush/auth"
@@ -17,9 +18,25 @@ import (
 	"sagapush/internal/session"
 )
 
-// handshakeToken is where both transports find a client's token in its
-// handshake: the Authorization header, else the token query parameter.
-func handshakeToken(r *http.Request) string { return auth.TokenFromRequest(r) }
+// handshakeCredential is the one place where both transports find a
+// client's credential in its handshake, first found wins: the Authorization
+// header, a one-time ticket (?ticket=), a token in the query (?token=, which
+// the Authenticator refuses under ALLOW_TOKEN_IN_URL=false). ok is false
+// when there is none (a WebSocket then waits for an auth frame). A ticket
+// parameter counts even when empty: the client meant a ticket.
+func handshakeCredential(r *http.Request) (session.Credential, bool) {
+	if t := auth.BearerToken(r); t != "" {
+		return session.Credential{Kind: session.BearerHeader, Value: t}, true
+	}
+	q := r.URL.Query()
+	if q.Has("ticket") {
+		return session.Credential{Kind: session.TicketQuery, Value: q.Get("ticket")}, true
+	}
+	if t := strings.TrimSpace(q.Get("token")); t != "" {
+		return session.Credential{Kind: session.TokenQuery, Value: t}, true
+	}
+	return session.Credential{}, false
+}
 
 // orDefault sets an unset (zero or negative) option to its default.
 func orDefault[T int | int64 | time.Duration](v *T, def T) {

@@ -98,8 +98,10 @@ func NewWebSocket(sm *session.Manager, opts WSOptions) *WebSocket {
 	return ws
 }
 
-// ServeHTTP authenticates a header or query token before the upgrade (401
-// without upgrade when it fails), then hands the connection to melody.
+// ServeHTTP authenticates the handshake's token or ticket before the
+// upgrade (401 without upgrade when it fails), then hands the connection to
+// melody. An origin refused is closed with 1008 after the upgrade, before
+// any credential is looked at (a ticket is not spent on it).
 func (ws *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !admit(w, r, protocol.WebSocket, ws.opts.Handshakes, ws.hub.Metrics()) {
 		return
@@ -108,8 +110,8 @@ func (ws *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.session = ws.sessions.New(protocol.WebSocket, c)
 	if !ws.opts.Origins.Allowed(r) {
 		c.rejectOrigin = true
-	} else if token := handshakeToken(r); token != "" {
-		if no := c.session.Authenticate(r.Context(), token); no != nil {
+	} else if cred, ok := handshakeCredential(r); ok {
+		if no := c.session.Authenticate(r.Context(), cred); no != nil {
 			refuse(w, protocol.WebSocket, ws.hub.Metrics(), no)
 			return
 		}

@@ -22,7 +22,9 @@ export interface SagaError {
 export interface SagaClientOptions {
   /** http(s) base URL of the server; default: the page's origin. */
   url?: string
-  /** A static JWT. */
+  /** A static JWT. It never goes into a URL: before each connection the client trades it for a
+   *  one-time ticket (POST /api/tickets, token in the Authorization header) and connects with
+   *  `?ticket=`; a refreshed token reaches a WebSocket as an `auth` frame. */
   token?: string
   /** Called on every (re)connect and about 30 s (or 10% of the lifetime) before the token expires. */
   getToken?: () => string | Promise<string>
@@ -36,11 +38,11 @@ export interface SagaClientOptions {
   reconnectDelay?: number
   /** Backoff ceiling in ms; default 30000. */
   maxReconnectDelay?: number
-  /** ms before a join, leave, ping or auth request fails with TIMEOUT; default 10000. */
+  /** ms before a join, leave, ping or auth request, or a ticket request for SSE, fails; default 10000. */
   requestTimeout?: number
-  /** ms a WebSocket has to open and answer a first ping before the next transport is tried; default 4000. */
+  /** ms a WebSocket has to get its ticket, open and answer a first ping before the next transport is tried; default 4000. */
   fallbackTimeout?: number
-  /** Implementations to use instead of the globals (tests, non-browser hosts). */
+  /** Implementations to use instead of the globals (tests, non-browser hosts); fetch also gets tickets. */
   WebSocket?: typeof WebSocket
   EventSource?: typeof EventSource
   fetch?: typeof fetch

@@ -10,16 +10,22 @@
  *   client.onStoryUploaded((data, message) => { ... })
  *
  * Choices made where the protocol leaves room (see also client.d.ts):
- * - WebSocket: the token travels in the `token` query parameter of `/ws` (never as an auth frame
- *   at connect); a refreshed token is sent later as `{"event":"auth","data":{"token"}}`.
+ * - No token ever goes into a URL (proxies, logs and histories keep URLs). Before each WebSocket
+ *   and each event stream it opens, the client trades its token for a one-time ticket
+ *   (`POST /api/tickets` with `Authorization: Bearer`) and connects with `?ticket=`: on both
+ *   transports alike, since neither WebSocket nor EventSource can send headers, and a refused
+ *   token then shows as an HTTP 401 the client can read. A refreshed token goes to a WebSocket
+ *   as `{"event":"auth","data":{"token"}}`.
  * - A WebSocket counts as working once it answers a first `ping` within `fallbackTimeout`
- *   (4 s); otherwise the next transport of `transports` is tried.
- * - SSE: EventSource cannot send headers, so the token is in the query too. Joined projects are
- *   part of the stream URL, so joining or leaving re-opens the stream with `since=P1:17,P2:4`
- *   (the last `seq` seen per project); a token refresh re-opens it with `lastEventId=<cursor>`
- *   when the project list did not change. With no project joined there is no stream at all
- *   (the server answers 400 to an empty list): the client is "connected" once
- *   `/api/websocket/health` answers, and opens the stream on the first join.
+ *   (4 s, the ticket included); otherwise the next transport of `transports` is tried.
+ * - SSE: EventSource's own reconnect would reuse the URL and its spent ticket, so the client
+ *   closes a stream that fails and reconnects itself: a new ticket, and `lastEventId=<cursor>`
+ *   in the query. Joined projects are part of the stream URL, so joining or leaving re-opens
+ *   the stream with `since=P1:17,P2:4` (the last `seq` seen per project); a token refresh
+ *   re-opens it with `lastEventId=<cursor>` when the project list did not change. With no
+ *   project joined there is no stream at all (the server answers 400 to an empty list): the
+ *   client is "connected" once `/api/websocket/health` answers, and opens the stream on the
+ *   first join.
  * - SSE `ping()` is the round trip of `fetch(url + '/api/websocket/health')`.
  * - Exactly once: a domain event whose `seq` is not above the last one seen for its project is
  *   dropped, and so is a domain event of a project that is not joined (any more).
@@ -185,6 +191,7 @@ export class SagaClient {
     this._ws = null
     this._es = null
     this._esCancel = null
+    this._streamSeq = 0 // bumped by every stream close: an open waiting for its ticket compares it
     this._streamKey = ''
     this._cursor = ''
     this._cursorKey = ''
@@ -548,21 +555,23 @@ export class SagaClient {
 
   // ---------------------------------------------------------------- WebSocket
 
-  /** @param {boolean} [http] the http(s) form, for probing a failed handshake */
-  _wsUrl(http = false) {
-    const base = http ? this._base : this._base.replace(/^http/i, 'ws')
-    return this._token ? `${base}/ws?token=${encodeURIComponent(this._token)}` : `${base}/ws`
-  }
-
   /**
-   * Opens a WebSocket and waits for the answer to a first ping.
+   * Gets a ticket, opens a WebSocket with it and waits for the answer to a first ping.
    * @returns {Promise<object>} {ok} or a failure {error, fatal?, auth?}
    */
-  _openWebSocket(gen) {
+  async _openWebSocket(gen) {
+    const started = now()
+    const t = await this._ticket(this.options.fallbackTimeout)
+    if (gen !== this._gen) return { superseded: true }
+    if (!t.ticket) return t
+    return this._dialWebSocket(gen, t.ticket, Math.max(0, this.options.fallbackTimeout - (now() - started)))
+  }
+
+  _dialWebSocket(gen, ticket, timeout) {
     return new Promise((resolve) => {
       let ws
       try {
-        ws = new this._WebSocket(this._wsUrl())
+        ws = new this._WebSocket(`${this._base.replace(/^http/i, 'ws')}/ws?ticket=${encodeURIComponent(ticket)}`)
       } catch (err) {
         resolve({ error: asError(err, 'TRANSPORT_FAILED', 'WebSocket failed') })
         return
@@ -579,12 +588,12 @@ export class SagaClient {
         }
         resolve(r)
       }
-      const timer = setTimeout(() => finish({ error: { code: 'TRANSPORT_FAILED', message: `WebSocket did not answer within ${this.options.fallbackTimeout} ms` } }), this.options.fallbackTimeout)
+      const timer = setTimeout(() => finish({ error: { code: 'TRANSPORT_FAILED', message: `WebSocket did not answer within ${this.options.fallbackTimeout} ms` } }), timeout)
       ws.onopen = () => {
         if (done || gen !== this._gen) return
         opened = true
         this._ws = ws
-        this._request('ping', undefined, this.options.fallbackTimeout).then(() => finish({ ok: true }), (error) => finish({ error }))
+        this._request('ping', undefined, timeout).then(() => finish({ ok: true }), (error) => finish({ error }))
       }
       ws.onmessage = (ev) => {
         if (gen === this._gen && this._ws === ws) this._onFrame(ev.data)
@@ -598,9 +607,10 @@ export class SagaClient {
         if (ev.code === 1008) return finish({ fatal: true, error: { code: 'ORIGIN_NOT_ALLOWED', message: 'the server refused this origin (close 1008)' } })
         if (ev.code === 4401) return finish({ auth: true, error: { code: 'UNAUTHORIZED', message: ev.reason || 'token rejected (close 4401)' } })
         if (opened) return finish({ error: { code: 'TRANSPORT_FAILED', message: `WebSocket closed with ${ev.code}` } })
-        // The handshake failed: a browser hides the HTTP status, so ask for it once.
+        // The handshake failed: a browser hides the HTTP status, so ask for it once (with the
+        // token in a header: the ticket may be spent).
         clearTimeout(timer)
-        this._probe(this._wsUrl(true)).then((p) => finish(this._probeFailure(p, 'WebSocket could not connect')))
+        this._probe(`${this._base}/ws`).then((p) => finish(this._probeFailure(p, 'WebSocket could not connect')))
       }
     })
   }
@@ -668,10 +678,11 @@ export class SagaClient {
     }
   }
 
-  _sseUrl(ids) {
+  /** @param {string[]} ids @param {string} [ticket] none: for a probe, which sends the token in a header */
+  _sseUrl(ids, ticket) {
     const key = ids.join(',')
     const q = [`projects=${ids.map(encodeURIComponent).join(',')}`]
-    if (this._token) q.push(`token=${encodeURIComponent(this._token)}`)
+    if (ticket) q.push(`ticket=${encodeURIComponent(ticket)}`)
     if (this._cursor && this._cursorKey === key) {
       q.push(`lastEventId=${encodeURIComponent(this._cursor)}`)
     } else {
@@ -683,21 +694,25 @@ export class SagaClient {
   }
 
   /**
-   * (Re)opens the event stream for the wanted projects and waits for it to open.
+   * (Re)opens the event stream for the wanted projects, with a fresh ticket, and waits for it to open.
    * @param {number} gen
    * @param {boolean} connecting true while connecting (checks the server when no project is joined)
    * @returns {Promise<object>} {ok} | {superseded} | {denied, ids, error} | {error, auth?, fatal?}
    */
-  _openStream(gen, connecting) {
-    if (gen !== this._gen) return Promise.resolve({ superseded: true })
+  async _openStream(gen, connecting) {
+    if (gen !== this._gen) return { superseded: true }
     const ids = [...this._projects.keys()]
     this._closeStream()
+    const seq = this._streamSeq
     this._streamKey = ids.join(',')
     if (!ids.length) {
-      if (!connecting) return Promise.resolve({ ok: true })
+      if (!connecting) return { ok: true }
       return this._health().then(() => ({ ok: true }), (error) => ({ error }))
     }
-    const url = this._sseUrl(ids)
+    const t = await this._ticket(this.options.requestTimeout)
+    if (gen !== this._gen || seq !== this._streamSeq) return { superseded: true }
+    if (!t.ticket) return t
+    const url = this._sseUrl(ids, t.ticket)
     return new Promise((resolve) => {
       let es
       try {
@@ -739,10 +754,12 @@ export class SagaClient {
       es.addEventListener('error', (ev) => {
         if (typeof /** @type {any} */ (ev).data === 'string') return onEvent(ev) // a server `event: error` message
         if (this._es !== es) return
-        closeOwn() // we reconnect ourselves, with a fresh token and the cursor
+        // EventSource would retry with the same URL, whose ticket is spent: we reconnect
+        // ourselves, with a fresh ticket and the cursor.
+        closeOwn()
         if (!opened) {
           clearTimeout(timer)
-          this._probe(url).then((p) => finish(p && p.status === 403 && p.error.code === 'PROJECT_ACCESS_DENIED'
+          this._probe(this._sseUrl(ids)).then((p) => finish(p && p.status === 403 && p.error.code === 'PROJECT_ACCESS_DENIED'
             ? { denied: true, ids, error: p.error }
             : this._probeFailure(p, 'event stream could not connect')))
         } else if (gen === this._gen && this._state === 'connected') {
@@ -755,6 +772,7 @@ export class SagaClient {
   _closeStream() {
     const es = this._es
     this._es = null
+    this._streamSeq++
     if (es) es.close()
     if (this._esCancel) this._esCancel()
   }
@@ -804,18 +822,41 @@ export class SagaClient {
   }
 
   /**
-   * Repeats a failed handshake as a plain GET to learn its HTTP status and error body.
+   * Trades the token for a one-time connect ticket: POST /api/tickets, the token in the
+   * Authorization header.
+   * @param {number} timeout ms
+   * @returns {Promise<object>} {ticket} or a failure {error, auth?, fatal?}
+   */
+  async _ticket(timeout) {
+    const a = await this._answer(`${this._base}/api/tickets`, { method: 'POST', headers: { Authorization: `Bearer ${this._token}` } }, timeout, true)
+    if (a && a.status === 201 && a.body && typeof a.body.ticket === 'string') return { ticket: a.body.ticket }
+    return this._probeFailure(a, 'no connect ticket')
+  }
+
+  /**
+   * Repeats a failed handshake as a plain GET, the token in a header, to learn its HTTP status
+   * and error body.
    * @returns {Promise<{status: number, error?: object}|null>} null when nothing answered
    */
-  async _probe(url) {
+  _probe(url) {
+    return this._answer(url, { headers: { Accept: 'application/json', Authorization: `Bearer ${this._token}` } }, this.options.fallbackTimeout)
+  }
+
+  /**
+   * Fetches url within timeout ms and reads the answer: its status, the error of a status of 400
+   * or more, and with readBody the JSON body of any other (a stream is never read).
+   * @returns {Promise<{status: number, error?: object, body?: any}|null>} null when nothing answered
+   */
+  async _answer(url, init, timeout, readBody = false) {
     if (!this._fetch) return null
     const ctrl = typeof AbortController === 'function' ? new AbortController() : null
-    const timer = setTimeout(() => ctrl && ctrl.abort(), this.options.fallbackTimeout)
+    const timer = setTimeout(() => ctrl && ctrl.abort(), timeout)
     try {
-      const res = await this._fetch(url, { cache: 'no-store', headers: { Accept: 'application/json' }, signal: ctrl && ctrl.signal })
-      if (res.status < 400) return { status: res.status }
+      const res = await this._fetch(url, { ...init, cache: 'no-store', signal: ctrl && ctrl.signal })
+      if (res.status < 400 && !readBody) return { status: res.status }
       let body = null
       try { body = await res.json() } catch { /* not JSON */ }
+      if (res.status < 400) return { status: res.status, body }
       const error = body && body.error && typeof body.error === 'object' ? body.error : { code: `HTTP_${res.status}`, message: res.statusText || `HTTP ${res.status}` }
       return { status: res.status, error }
     } catch {

@@ -114,10 +114,10 @@ func (s *Session) Conn() *hub.Conn {
 	return s.conn
 }
 
-// Authenticate takes the token of the handshake (header or query) and
-// connects the session to the hub. A refusal says how HTTP answers it.
-func (s *Session) Authenticate(ctx context.Context, token string) *Refusal {
-	u, exp, e := s.m.auth.Authenticate(ctx, token)
+// Authenticate takes the credential of the handshake (a token or a ticket)
+// and connects the session to the hub. A refusal says how HTTP answers it.
+func (s *Session) Authenticate(ctx context.Context, cred Credential) *Refusal {
+	u, exp, e := s.m.auth.AuthenticateCredential(ctx, cred)
 	if e != nil {
 		return authRefusal(e)
 	}

@@ -223,7 +223,7 @@ func TestDeadlinesClose(t *testing.T) {
 
 	p = newPeer()
 	s = f.m.New(protocol.SSE, p)
-	if no := s.Authenticate(context.Background(), "soon"); no != nil {
+	if no := s.Authenticate(context.Background(), Credential{Value: "soon"}); no != nil {
 		t.Fatalf("refused: %+v", no)
 	}
 	s.Start()
@@ -246,17 +246,17 @@ func TestAuthenticateRefusals(t *testing.T) {
 		{"nobody", protocol.CodeUnauthorized, 401},
 		{"expired", protocol.CodeTokenExpired, 401},
 	} {
-		no := f.m.New(protocol.SSE, newPeer()).Authenticate(context.Background(), c.token)
+		no := f.m.New(protocol.SSE, newPeer()).Authenticate(context.Background(), Credential{Value: c.token})
 		if no == nil || no.Err.Code != c.code || no.Status != c.status {
 			t.Fatalf("token %q: %+v, want %s %d", c.token, no, c.code, c.status)
 		}
 	}
 	s := f.m.New(protocol.SSE, newPeer())
-	if no := s.Authenticate(context.Background(), "alice"); no != nil {
+	if no := s.Authenticate(context.Background(), Credential{Value: "alice"}); no != nil {
 		t.Fatal(no)
 	}
 	defer s.End()
-	no := f.m.New(protocol.SSE, newPeer()).Authenticate(context.Background(), "alice")
+	no := f.m.New(protocol.SSE, newPeer()).Authenticate(context.Background(), Credential{Value: "alice"})
 	if no == nil || no.Status != 429 || no.Err.Code != protocol.CodeRateLimitExceeded {
 		t.Fatalf("a second connection over MaxConnsPerUser: %+v", no)
 	}
@@ -269,7 +269,7 @@ func TestRateLimit(t *testing.T) {
 	f := newFixture(t, hub.Options{RateMaxEvents: 2, RateWindow: time.Hour}, time.Minute)
 	p := newPeer()
 	s := f.m.New(protocol.WebSocket, p)
-	if no := s.Authenticate(context.Background(), "alice"); no != nil {
+	if no := s.Authenticate(context.Background(), Credential{Value: "alice"}); no != nil {
 		t.Fatal(no)
 	}
 	defer s.End()
@@ -322,7 +322,7 @@ func TestTypingRelayed(t *testing.T) {
 		p   *peer
 		tok string
 	}{{a, pa, "alice"}, {b, pb, "bob"}} {
-		if no := x.s.Authenticate(context.Background(), x.tok); no != nil {
+		if no := x.s.Authenticate(context.Background(), Credential{Value: x.tok}); no != nil {
 			t.Fatal(no)
 		}
 		defer x.s.End()
@@ -353,7 +353,7 @@ func TestExpiryIncludesLeeway(t *testing.T) {
 	f := newFixture(t, hub.Options{}, time.Minute)
 	m := NewManager(Options{Hub: f.hub, Auth: f.m.auth, Leeway: time.Hour})
 	s := m.New(protocol.SSE, newPeer())
-	if no := s.Authenticate(context.Background(), "soon"); no != nil {
+	if no := s.Authenticate(context.Background(), Credential{Value: "soon"}); no != nil {
 		t.Fatal(no)
 	}
 	s.Start()

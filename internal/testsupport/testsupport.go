@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -23,7 +24,7 @@ var ServerEnvKeys = []string{
 	"RATE_LIMIT_MAX_EVENTS", "SSE_HEARTBEAT_MS", "MAX_CONNECTIONS_PER_USER", "HANDSHAKES_PER_SECOND",
 	"HANDSHAKE_BURST", "SHUTDOWN_GRACE_MS", "RECONNECT_AFTER_MS", "AUTO_MIGRATE", "EVENT_RETENTION_HOURS",
 	"WS_COMPRESS_ABOVE", "QUEUE_LIMIT", "QUEUE_LIMIT_BYTES", "ROOM_HISTORY", "MAX_REPLAY", "EMBEDDED_HISTORY", "AUTH_TIMEOUT_MS",
-	"DEBUG", "LOG_LEVEL", "PPROF", "GOGC",
+	"TICKET_TTL_MS", "ALLOW_TOKEN_IN_URL", "DEBUG", "LOG_LEVEL", "PPROF", "GOGC",
 }
 
 // CleanEnv returns os.Environ() without ServerEnvKeys.
@@ -88,4 +89,26 @@ func FreePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// TicketConnections checks a client's requests, each "METHOD URL" (the URL
+// absolute or a request URI), for what the clients promise: no token in any
+// URL, and a ticket on every /ws and /sse connection. It returns how many
+// such connections there were.
+func TicketConnections(t testing.TB, requests []string) int {
+	t.Helper()
+	n := 0
+	for _, r := range requests {
+		if strings.Contains(r, "token=") || strings.Contains(r, "eyJ") { // eyJ: how every JWT starts
+			t.Errorf("a token in a URL: %s", r)
+		}
+		_, raw, _ := strings.Cut(r, " ")
+		if u, err := url.Parse(raw); err == nil && (u.Path == "/ws" || u.Path == "/sse") {
+			if !u.Query().Has("ticket") {
+				t.Errorf("a connection without a ticket: %s", r)
+			}
+			n++
+		}
+	}
+	return n
 }
