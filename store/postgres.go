@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -423,7 +424,14 @@ func (p *Postgres) pruneLoop() {
 // Healthy returns nil when the database answers and the listener is
 // connected and hears its own pings.
 func (p *Postgres) Healthy(ctx context.Context) error {
-	if err := p.db.PingContext(ctx); err != nil {
+	err := p.db.PingContext(ctx)
+	// A ping on a pooled connection the server dropped (pg_terminate_backend,
+	// a pooler's restart) fails and discards it; the pool may hold one per
+	// MaxOpenConns. A database that is really down fails to dial instead.
+	for i := 0; i < p.opts.MaxOpenConns && errors.Is(err, driver.ErrBadConn); i++ {
+		err = p.db.PingContext(ctx)
+	}
+	if err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
 	return p.listenerHealth()
