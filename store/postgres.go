@@ -29,6 +29,7 @@ import (
 //	x:<json>               an ephemeral message (hub.Ephemeral as JSON)
 //	y:<id>                 an ephemeral message stored in push_ephemeral
 //	p:<instance>:<n>       an instance's self-check ping
+//	d:<user>               the user's row was deleted
 const notifyChannel = "saga_push"
 
 const (
@@ -60,7 +61,11 @@ type PostgresOptions struct {
 	// MaxOpenConns bounds the query pool (default 16); the listener has a
 	// connection of its own.
 	MaxOpenConns int
-	Logger       *slog.Logger
+	// UserCheckInterval is how often the connected users are checked to
+	// still have a users row (default 30s), besides after every listener
+	// reconnect: what catches a deletion whose notification was missed.
+	UserCheckInterval time.Duration
+	Logger            *slog.Logger
 }
 
 func (o *PostgresOptions) defaults() {
@@ -75,6 +80,9 @@ func (o *PostgresOptions) defaults() {
 	}
 	if o.MaxOpenConns <= 0 {
 		o.MaxOpenConns = 16
+	}
+	if o.UserCheckInterval <= 0 {
+		o.UserCheckInterval = 30 * time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
