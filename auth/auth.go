@@ -491,13 +491,20 @@ func Mint(secret []byte, c Claims, ttl time.Duration) (string, error) {
 // TokenFromRequest returns the token of r: "Authorization: Bearer <t>"
 // (scheme case-insensitive), else the "token" query parameter, else "".
 func TokenFromRequest(r *http.Request) string {
+	if t := TokenFromHeader(r); t != "" {
+		return t
+	}
+	return strings.TrimSpace(r.URL.Query().Get("token"))
+}
+
+// TokenFromHeader returns the token of r's "Authorization: Bearer <t>"
+// header (scheme case-insensitive), else "": the API takes no other.
+func TokenFromHeader(r *http.Request) string {
 	if h := strings.TrimSpace(r.Header.Get("Authorization")); h != "" {
 		scheme, t, ok := strings.Cut(h, " ")
 		if ok && strings.EqualFold(scheme, "Bearer") {
-			if t = strings.TrimSpace(t); t != "" {
-				return t
-			}
+			return strings.TrimSpace(t)
 		}
 	}
-	return strings.TrimSpace(r.URL.Query().Get("token"))
+	return ""
 }

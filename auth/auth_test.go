@@ -540,6 +540,14 @@ func TestTokenFromRequest(t *testing.T) {
 			if got := TokenFromRequest(r); got != tc.want {
 				t.Fatalf("TokenFromRequest = %q, want %q", got, tc.want)
 			}
+			// The header alone: a query token is never taken.
+			want := tc.want
+			if r.URL.Query().Get("token") == want {
+				want = ""
+			}
+			if got := TokenFromHeader(r); got != want {
+				t.Fatalf("TokenFromHeader = %q, want %q", got, want)
+			}
 		})
 	}
 }

@@ -23,13 +23,13 @@ type Authenticator interface {
 // echo.Context.
 const userKey = "sagapush.user"
 
-// requireRole lets a request through only with a valid token whose role is
-// one of roles: 401 (503 when the token cannot be checked now) or 403
-// otherwise.
+// requireRole lets a request through only with a valid token, from the
+// Authorization header, whose role is one of roles: 401 (503 when the token
+// cannot be checked now) or 403 otherwise.
 func requireRole(a Authenticator, roles ...string) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
-			u, _, e := a.Authenticate(c.Request().Context(), auth.TokenFromRequest(c.Request()))
+			u, _, e := a.Authenticate(c.Request().Context(), auth.TokenFromHeader(c.Request()))
 			if e != nil {
 				status := http.StatusUnauthorized
 				if e.Code == protocol.CodeInternalError {
