@@ -59,9 +59,10 @@ type queues struct {
 	ephemeral chan string
 	dropped   int64
 
-	// gone holds deleted users, in order. Both delivering loops hand them to
-	// the Sink before what they deliver next, holding goneMu meanwhile, so
-	// nothing notified after a deletion reaches the deleted user.
+	// gone holds deleted users, in order. Whatever delivers to the Sink
+	// (doorbells, ephemeral messages, revocations) hands them over first,
+	// holding goneMu meanwhile, so nothing notified after a deletion
+	// reaches the deleted user.
 	gone   []string
 	goneMu sync.Mutex
 	// checkUsers asks for a check of the connected users' rows.
