@@ -102,6 +102,8 @@ type config struct {
 	AuthTimeout     time.Duration
 	TicketTTL       time.Duration
 	AllowTokenInURL bool
+	MetricsToken    string
+	ConnsPerAddress int
 	LogLevel        slog.Level
 }
 
@@ -140,6 +142,8 @@ func loadConfig() (config, error) {
 		AuthTimeout:     ms("AUTH_TIMEOUT_MS", 10000),
 		TicketTTL:       ms("TICKET_TTL_MS", 30000),
 		AllowTokenInURL: boolEnv("ALLOW_TOKEN_IN_URL", true, &errs),
+		MetricsToken:    os.Getenv("METRICS_TOKEN"),
+		ConnsPerAddress: intEnv("HTTP_CONNS_PER_ADDRESS", 512, &errs),
 	}
 	switch {
 	case c.JWTLeeway > auth.DefaultLeeway:
@@ -290,17 +294,39 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	if st.Mode() != "embedded" {
 		database = st
 	}
+	conns := httpguard.NewConnLimiter(cfg.ConnsPerAddress)
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sagapush_unauthenticated_connections",
+			Help: "Open WebSocket connections that have not authenticated yet (not in sagapush_connections).",
+		}, func() float64 { return float64(ws.Unauthenticated()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "sagapush_http_connections_refused_total",
+			Help: "Plain-HTTP connections closed at once because their address had HTTP_CONNS_PER_ADDRESS open.",
+		}, func() float64 { return float64(conns.Refused()) }),
+	)
 	e := handlers.New(handlers.Config{
 		Auth: authn, Stats: h, Publisher: st, UserEvents: h, Tickets: tickets, Database: database,
 		WS: ws, SSE: sse, Origins: cfg.Origins,
-		Gatherer: reg, Web: web.Files, Logger: log, Pprof: os.Getenv("PPROF") == "1",
+		Gatherer: reg, MetricsToken: cfg.MetricsToken, Unauthenticated: ws.Unauthenticated,
+		Web: web.Files, Logger: log, Pprof: os.Getenv("PPROF") == "1",
 	})
 
 	ln, err := net.Listen("tcp", ":"+cfg.Port)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: e, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	srv := &http.Server{
+		Handler: e,
+		// A request's headers, and its body, must arrive within 10 s of
+		// its first byte (docs/protocol.md section 8); a handler clears the
+		// deadline once it has the whole request (handlers.New). net/http
+		// clears it on Hijack, so WebSockets and SSE streams never see it.
+		ReadTimeout:       10 * time.Second,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ConnState:         conns.ConnState,
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("listening", "addr", ln.Addr().String(), "mode", st.Mode())

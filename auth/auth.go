@@ -488,18 +488,18 @@ func Mint(secret []byte, c Claims, ttl time.Duration) (string, error) {
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, mc).SignedString(secret)
 }
 
-// TokenFromRequest returns the token of r: BearerToken, else the "token"
+// TokenFromRequest returns the token of r: TokenFromHeader, else the "token"
 // query parameter, else "".
 func TokenFromRequest(r *http.Request) string {
-	if t := BearerToken(r); t != "" {
+	if t := TokenFromHeader(r); t != "" {
 		return t
 	}
 	return strings.TrimSpace(r.URL.Query().Get("token"))
 }
 
-// BearerToken returns the token of an "Authorization: Bearer <t>" header
-// (scheme case-insensitive), else "".
-func BearerToken(r *http.Request) string {
+// TokenFromHeader returns the token of r's "Authorization: Bearer <t>"
+// header (scheme case-insensitive), else "": the API takes no other.
+func TokenFromHeader(r *http.Request) string {
 	if h := strings.TrimSpace(r.Header.Get("Authorization")); h != "" {
 		scheme, t, ok := strings.Cut(h, " ")
 		if ok && strings.EqualFold(scheme, "Bearer") {

@@ -540,9 +540,9 @@ func TestTokenFromRequest(t *testing.T) {
 			if got := TokenFromRequest(r); got != tc.want {
 				t.Fatalf("TokenFromRequest = %q, want %q", got, tc.want)
 			}
-			// BearerToken never reads the URL.
-			if got := BearerToken(r); got != tc.bearer {
-				t.Fatalf("BearerToken = %q, want %q", got, tc.bearer)
+			// TokenFromHeader never reads the URL.
+			if got := TokenFromHeader(r); got != tc.bearer {
+				t.Fatalf("TokenFromHeader = %q, want %q", got, tc.bearer)
 			}
 		})
 	}

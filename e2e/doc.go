@@ -4,14 +4,18 @@
 // nginx where a test needs them. The package has no code besides its tests.
 //
 // The tests, by subject: ws_test.go, sse_test.go, api_test.go (the HTTP API
-// and the token command), pg_test.go (Postgres, several instances),
-// shutdown_test.go, compression_test.go, browser_test.go (web/client.js in
-// Chromium) and proxy_test.go (behind nginx). The helpers, by concern:
+// and the token command), apirules_test.go (what every API request passes:
+// origin, header token, JSON; METRICS_TOKEN; unauthenticated counts),
+// deadline_test.go (the 10 s for a request to arrive, connections per
+// address), pg_test.go (Postgres, several instances), pg_users_test.go
+// (deleted users), shutdown_test.go, compression_test.go, browser_test.go
+// (web/client.js in Chromium) and proxy_test.go (behind nginx). The helpers,
+// by concern:
 //
 //	server_test.go     TestMain (the build), startServer, stop, signal
 //	wsclient_test.go   the WebSocket client: dialWS and its options, read, expect, call...
 //	sseclient_test.go  the SSE client: openSSE, read, expectEvents...
-//	http_test.go       request, getJSON, doJSON, publish, metric
+//	http_test.go       request, getJSON, doJSON(Headers), publish, metric
 //	tokens_test.go     userToken, serviceToken, expiredToken, rawToken...
 //	messages_test.go   dataOf, errorCode, ackIs: messages of either transport
 //	database_test.go   newPGEnv: a test's own database and servers on it

@@ -94,7 +94,13 @@ func readBody(t testing.TB, resp *http.Response) []byte {
 // doJSON sends a request and decodes a JSON object answer.
 func (s *testServer) doJSON(t testing.TB, method, path, token string, body any) (int, map[string]any) {
 	t.Helper()
-	resp := s.request(t, method, path, token, body)
+	return s.doJSONHeaders(t, method, path, token, body, nil)
+}
+
+// doJSONHeaders is doJSON with extra headers.
+func (s *testServer) doJSONHeaders(t testing.TB, method, path, token string, body any, h http.Header) (int, map[string]any) {
+	t.Helper()
+	resp := s.requestHeaders(t, method, path, token, body, h)
 	b := readBody(t, resp)
 	var m map[string]any
 	if err := json.Unmarshal(b, &m); err != nil {

@@ -26,26 +26,25 @@ const (
 	expiryKey = "sagapush.expiry"
 )
 
-// requireRole lets a request through only with a valid token whose role is
-// one of roles: 401 (503 when the token cannot be checked now) or 403
-// otherwise.
+// requireRole lets a request through only with a valid token, from the
+// Authorization header, whose role is one of roles: 401 (503 when the token
+// cannot be checked now) or 403 otherwise.
 func requireRole(a Authenticator, roles ...string) echo.MiddlewareFunc {
-	return authenticated(a, auth.TokenFromRequest, roles)
+	return authenticated(a, roles)
 }
 
-// requireToken lets a request through with any valid token, of any role,
-// from the Authorization header only: a token in a URL is what tickets
-// exist to avoid.
+// requireToken lets a request through with any valid token, of any role.
 func requireToken(a Authenticator) echo.MiddlewareFunc {
-	return authenticated(a, auth.BearerToken, nil)
+	return authenticated(a, nil)
 }
 
-// authenticated checks the token that tokenOf finds and, unless roles is
-// nil, its role.
-func authenticated(a Authenticator, tokenOf func(*http.Request) string, roles []string) echo.MiddlewareFunc {
+// authenticated checks the token of the Authorization header (the API
+// takes no other: a token in a URL is what tickets exist to avoid) and,
+// unless roles is nil, its role.
+func authenticated(a Authenticator, roles []string) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
-			u, exp, e := a.Authenticate(c.Request().Context(), tokenOf(c.Request()))
+			u, exp, e := a.Authenticate(c.Request().Context(), auth.TokenFromHeader(c.Request()))
 			if e != nil {
 				status := http.StatusUnauthorized
 				if e.Code == protocol.CodeInternalError {

@@ -33,8 +33,14 @@ type Config struct {
 	SSE      http.Handler // nil until the SSE transport is mounted
 	Origins  httpguard.Origins
 	Gatherer prometheus.Gatherer
-	Web      fs.FS // client.js, client.d.ts, index.html
-	Logger   *slog.Logger
+	// MetricsToken, when set, is the bearer token /metrics needs
+	// (METRICS_TOKEN); unset, /metrics is public.
+	MetricsToken string
+	// Unauthenticated counts the WebSocket connections that have not
+	// authenticated yet, which the hub does not know (nil: none).
+	Unauthenticated func() int
+	Web             fs.FS // client.js, client.d.ts, index.html
+	Logger          *slog.Logger
 	// Pprof mounts /debug/pprof (PPROF=1): for profiling, never on by default.
 	Pprof bool
 }
@@ -48,15 +54,18 @@ func New(cfg Config) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = writeError
+	e.Pre(releaseReadDeadline)
 
 	e.GET("/ws", echo.WrapHandler(cfg.WS))
 	if cfg.SSE != nil {
 		e.GET("/sse", echo.WrapHandler(cfg.SSE))
 	}
 
-	api := e.Group("/api", cors(cfg.Origins))
+	// The origin first, so that a refused origin gets no CORS headers; then
+	// CORS, so that a listed origin can read the API's error answers too.
+	api := e.Group("/api", apiOrigin(cfg.Origins), cors(cfg.Origins), apiRequest)
 	api.GET("/websocket/health", health(cfg.Stats, cfg.Database))
-	api.GET("/websocket/stats", stats(cfg.Stats), requireRole(cfg.Auth, auth.RoleAdmin, auth.RoleService))
+	api.GET("/websocket/stats", stats(cfg.Stats, cfg.Unauthenticated), requireRole(cfg.Auth, auth.RoleAdmin, auth.RoleService))
 	// The body limit runs before the token check: a body declared too large
 	// is refused (413) without reading it or verifying anything.
 	api.POST("/events", publish(cfg.Publisher, cfg.UserEvents, log),
@@ -68,7 +77,7 @@ func New(cfg Config) *echo.Echo {
 	if cfg.Pprof {
 		e.Any("/debug/pprof/*", echo.WrapHandler(http.DefaultServeMux))
 	}
-	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})))
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})), metricsGuard(cfg.MetricsToken))
 	if cfg.Web != nil {
 		serveWeb(e, cfg.Web)
 	}

@@ -1,8 +1,10 @@
 package handlers
 
 import (
+	"context"
 	"errors"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,5 +45,44 @@ func TestHealth(t *testing.T) {
 				t.Errorf("%v: want exactly status, connections, projects, users, database, timestamp", b)
 			}
 		})
+	}
+}
+
+// flakyHealth fails its first fails checks.
+type flakyHealth struct {
+	fails  int
+	checks atomic.Int32
+}
+
+func (f *flakyHealth) Healthy(context.Context) error {
+	if int(f.checks.Add(1)) <= f.fails {
+		return errors.New("driver: bad connection")
+	}
+	return nil
+}
+
+// A failed database check is tried again within the health's 2 s: a blip
+// (connections killed and being re-made) is no outage; a check that keeps
+// failing is.
+func TestHealthRetries(t *testing.T) {
+	for _, tc := range []struct {
+		fails, checks int
+		code          int
+	}{
+		{0, 1, http.StatusOK},
+		{1, 2, http.StatusOK},
+		{len(healthPauses), len(healthPauses) + 1, http.StatusOK},
+		{100, len(healthPauses) + 1, http.StatusServiceUnavailable},
+	} {
+		db := &flakyHealth{fails: tc.fails}
+		h := testServer(t, func(c *Config) { c.Database = db })
+		start := time.Now()
+		rec := do(t, h, "GET", "/api/websocket/health", "", "")
+		if rec.Code != tc.code || int(db.checks.Load()) != tc.checks {
+			t.Errorf("%d failures: %d after %d checks, want %d after %d", tc.fails, rec.Code, db.checks.Load(), tc.code, tc.checks)
+		}
+		if d := time.Since(start); d > 2*time.Second+500*time.Millisecond {
+			t.Errorf("%d failures: answered after %v, past the 2 s budget", tc.fails, d)
+		}
 	}
 }

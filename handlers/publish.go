@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -41,6 +42,7 @@ func publish(p Publisher, users UserEvents, log *slog.Logger) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
+		bodyRead(c)
 		ctx, cancel := context.WithTimeout(c.Request().Context(), 10*time.Second)
 		defer cancel()
 		if req.ProjectID != "" {
@@ -60,13 +62,22 @@ func publish(p Publisher, users UserEvents, log *slog.Logger) echo.HandlerFunc {
 }
 
 // decodePublish reads and checks a publish body: exactly one of projectId
-// and userId, a known domain event for a project, and data an object.
+// and userId, a known domain event for a project, a name that is not the
+// server's own for a user, and data an object.
 func decodePublish(body io.Reader) (publishRequest, error) {
 	var req publishRequest
 	dec := json.NewDecoder(body)
-	if err := dec.Decode(&req); err != nil || dec.Decode(&struct{}{}) != io.EOF {
+	err := dec.Decode(&req)
+	if err == nil {
 		// One JSON object and nothing after it.
-		return req, badRequest("body must be a JSON object {projectId|userId, event, data}")
+		if err = dec.Decode(&struct{}{}); err == io.EOF {
+			err = nil
+		} else if err == nil {
+			err = errors.New("more than one JSON value")
+		}
+	}
+	if err != nil {
+		return req, bodyError(err, "body must be a JSON object {projectId|userId, event, data}")
 	}
 	if len(req.Data) == 0 || req.Data[0] != '{' {
 		return req, badRequest("data must be a JSON object")
@@ -91,6 +102,9 @@ func decodePublish(body io.Reader) (publishRequest, error) {
 	case req.UserID != "":
 		if req.Event == "" || len(req.Event) > 64 || !protocol.ValidID(req.Event) {
 			return req, badRequest("invalid event name")
+		}
+		if protocol.ServerOwned(req.Event) {
+			return req, badRequest("event name " + req.Event + " is the server's own: a user-targeted event needs another")
 		}
 		if !protocol.ValidID(req.UserID) {
 			return req, badRequest("invalid userId")

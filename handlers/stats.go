@@ -15,10 +15,15 @@ type Stats interface {
 }
 
 // stats answers GET /api/websocket/stats (docs/protocol.md section 8); requireRole
-// has already let the token through.
-func stats(s Stats) echo.HandlerFunc {
+// has already let the token through. unauthenticated counts the WebSocket
+// connections the hub does not know yet (nil: none).
+func stats(s Stats, unauthenticated func() int) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		st := s.Stats()
+		unauth := 0
+		if unauthenticated != nil {
+			unauth = unauthenticated()
+		}
 		projects := st.Projects
 		if projects == nil {
 			projects = []hub.ProjectStat{} // [] rather than null
@@ -36,6 +41,8 @@ func stats(s Stats) echo.HandlerFunc {
 					"maxEventsPerWindow": st.RateMax,
 				},
 				"transports": map[string]int{"websocket": st.Transports["websocket"], "sse": st.Transports["sse"]},
+				// Not in totalConnections, which counts the hub's (authenticated) connections.
+				"unauthenticated": unauth,
 			},
 			"timestamp": time.Now().UTC().Format(time.RFC3339Nano),
 		})

@@ -22,10 +22,10 @@ func TestStatsAuth(t *testing.T) {
 			wantError(t, do(t, h, "GET", statsPath, tc.token, ""), tc.status, tc.code, tc.message)
 		})
 	}
-	// The token may also come as ?token=.
-	if rec := do(t, h, "GET", statsPath+"?token="+adminToken, "", ""); rec.Code != http.StatusOK {
-		t.Errorf("?token=: %d %s", rec.Code, rec.Body)
-	}
+	// The API never takes a token from the URL, even with a header too.
+	const inURL = "the API takes the token only from the Authorization header (Authorization: Bearer <token>), not from the URL"
+	wantError(t, do(t, h, "GET", statsPath+"?token="+adminToken, "", ""), http.StatusUnauthorized, "UNAUTHORIZED", inURL)
+	wantError(t, do(t, h, "GET", statsPath+"?token="+adminToken, adminToken, ""), http.StatusUnauthorized, "UNAUTHORIZED", inURL)
 }
 
 func TestStats(t *testing.T) {
@@ -34,7 +34,7 @@ func TestStats(t *testing.T) {
 		Projects:   []hub.ProjectStat{{ProjectID: "p1", Connections: 2}, {ProjectID: "p2", Connections: 1}},
 		Transports: map[string]int{"websocket": 2, "sse": 1},
 	}
-	h := testServer(t, func(c *Config) { c.Stats = st })
+	h := testServer(t, func(c *Config) { c.Stats, c.Unauthenticated = st, func() int { return 4 } })
 	for _, token := range []string{adminToken, serviceToken} {
 		rec := do(t, h, "GET", statsPath, token, "")
 		if rec.Code != http.StatusOK {
@@ -50,7 +50,7 @@ func TestStats(t *testing.T) {
 		}
 		const want = `{"projectConnections":[{"projectId":"p1","connectionCount":2},{"projectId":"p2","connectionCount":1}],` +
 			`"projectCount":2,"rateLimitStats":{"activeUsers":2,"maxEventsPerWindow":50,"rateLimitWindow":30000},` +
-			`"totalConnections":3,"transports":{"sse":1,"websocket":2},"userCount":2}`
+			`"totalConnections":3,"transports":{"sse":1,"websocket":2},"unauthenticated":4,"userCount":2}`
 		if string(got.Data) != want {
 			t.Errorf("data\n%s\nwant\n%s", got.Data, want)
 		}
@@ -68,12 +68,13 @@ func TestStatsEmpty(t *testing.T) {
 		Data struct {
 			ProjectConnections json.RawMessage `json:"projectConnections"`
 			Transports         json.RawMessage `json:"transports"`
+			Unauthenticated    json.RawMessage `json:"unauthenticated"`
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
 		t.Fatal(err)
 	}
-	if string(got.Data.ProjectConnections) != "[]" || string(got.Data.Transports) != `{"sse":0,"websocket":0}` {
+	if string(got.Data.ProjectConnections) != "[]" || string(got.Data.Transports) != `{"sse":0,"websocket":0}` || string(got.Data.Unauthenticated) != "0" {
 		t.Errorf("empty stats %s", rec.Body)
 	}
 }

@@ -57,7 +57,8 @@ func TestTicketsAuth(t *testing.T) {
 		})
 	}
 	// Never from the URL: a ticket exists to keep tokens out of URLs.
-	wantError(t, do(t, h, "POST", ticketsPath+"?token="+userToken, "", ""), http.StatusUnauthorized, "UNAUTHORIZED", "missing token")
+	wantError(t, do(t, h, "POST", ticketsPath+"?token="+userToken, "", ""), http.StatusUnauthorized, "UNAUTHORIZED",
+		"the API takes the token only from the Authorization header (Authorization: Bearer <token>), not from the URL")
 	// No minter, no route.
 	wantError(t, do(t, testServer(t, nil), "POST", ticketsPath, userToken, ""), http.StatusNotFound, "NOT_FOUND", "")
 }

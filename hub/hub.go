@@ -365,6 +365,50 @@ func (h *Hub) Revoke(projectID, userID string) {
 	}
 }
 
+// roleService is the role of the Saga backend's tokens: not a user, so no
+// users row stands behind its connections.
+const roleService = "service"
+
+// UserGone closes the connections of a user whose row was deleted with
+// 4401, dropping whatever they still had queued: a deleted user receives
+// nothing more. Connections on a service token are not the user's.
+func (h *Hub) UserGone(userID string) {
+	h.mu.RLock()
+	var conns []*Conn
+	if us := h.users[userID]; us != nil {
+		for c := range us.conns {
+			if c.User().Role != roleService {
+				conns = append(conns, c)
+			}
+		}
+	}
+	h.mu.RUnlock()
+	for _, c := range conns {
+		c.abort(protocol.CloseUnauthenticated, "user deleted")
+	}
+	if len(conns) > 0 {
+		h.log.Info("user deleted: connections closed", "user", userID, "connections", len(conns))
+	}
+}
+
+// UserIDs lists the users with a connection here, service tokens aside:
+// the store checks that they still exist after it may have missed a
+// deletion.
+func (h *Hub) UserIDs() []string {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	ids := make([]string, 0, len(h.users))
+	for id, us := range h.users {
+		for c := range us.conns {
+			if c.User().Role != roleService {
+				ids = append(ids, id)
+				break
+			}
+		}
+	}
+	return ids
+}
+
 // Wake is the store's doorbell: the project has new events. The room, if any
 // member is here, reads them from the store and fans them out in seq order.
 func (h *Hub) Wake(projectID string) {

@@ -585,3 +585,60 @@ func TestFanoutWarmsBeforeWaking(t *testing.T) {
 		}
 	}
 }
+
+// UserGone closes every connection of the user with 4401, drops what they
+// had queued and keeps anything more from reaching them; other users and
+// the backend's service connections stay.
+func TestUserGone(t *testing.T) {
+	f := newFixture(t, hub.Options{}, 100)
+	a, b, other := f.connect(t, "u1", "p1"), f.connect(t, "u1", "p1"), f.connect(t, "u2", "p1")
+	svc := newOutlet()
+	c, err := f.hub.Connect(&hub.User{ID: "u1", Role: "service"}, "test", svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.conn = c
+	for _, o := range []*outlet{a, b, other} {
+		f.join(t, o, "p1", nil)
+		o.drain()
+	}
+	if ids := f.hub.UserIDs(); len(ids) != 2 {
+		t.Errorf("UserIDs %v, want u1 and u2", ids)
+	}
+	f.publish(t, "p1", 1)
+	other.waitFor(t, "the event", func(fs []*hub.Frame) bool { return len(fs) == 2 })
+
+	f.hub.UserGone("u1")
+	for _, o := range []*outlet{a, b} {
+		o.mu.Lock()
+		code := o.aborted
+		o.mu.Unlock()
+		if code != protocol.CloseUnauthenticated {
+			t.Errorf("close code %d, want 4401", code)
+		}
+		if n := o.conn.Pending(); n != 0 {
+			t.Errorf("%d frames still queued for a deleted user", n)
+		}
+	}
+	if err := f.hub.UserEvent(context.Background(), "u1", "notification", json.RawMessage(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	f.publish(t, "p1", 1)
+	other.waitFor(t, "the second event", func(fs []*hub.Frame) bool { return len(fs) == 3 })
+	for _, o := range []*outlet{a, b} {
+		if n := o.conn.Pending(); n != 0 {
+			t.Errorf("%d frames queued for a deleted user after its close", n)
+		}
+	}
+	svc.mu.Lock()
+	if svc.aborted != 0 {
+		t.Errorf("the service connection was closed (%d)", svc.aborted)
+	}
+	svc.mu.Unlock()
+	other.mu.Lock()
+	if other.aborted != 0 {
+		t.Errorf("another user's connection was closed (%d)", other.aborted)
+	}
+	other.mu.Unlock()
+	f.hub.UserGone("nobody") // no connection: nothing to do
+}

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ import (
 //	x:<json>               an ephemeral message (hub.Ephemeral as JSON)
 //	y:<id>                 an ephemeral message stored in push_ephemeral
 //	p:<instance>:<n>       an instance's self-check ping
+//	d:<user>               the user's row was deleted
 const notifyChannel = "saga_push"
 
 const (
@@ -59,7 +61,11 @@ type PostgresOptions struct {
 	// MaxOpenConns bounds the query pool (default 16); the listener has a
 	// connection of its own.
 	MaxOpenConns int
-	Logger       *slog.Logger
+	// UserCheckInterval is how often the connected users are checked to
+	// still have a users row (default 30s), besides after every listener
+	// reconnect: what catches a deletion whose notification was missed.
+	UserCheckInterval time.Duration
+	Logger            *slog.Logger
 }
 
 func (o *PostgresOptions) defaults() {
@@ -74,6 +80,9 @@ func (o *PostgresOptions) defaults() {
 	}
 	if o.MaxOpenConns <= 0 {
 		o.MaxOpenConns = 16
+	}
+	if o.UserCheckInterval <= 0 {
+		o.UserCheckInterval = 30 * time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -455,7 +464,14 @@ func (p *Postgres) pruneLoop() {
 // Healthy returns nil when the database answers and the listener is
 // connected and hears its own pings.
 func (p *Postgres) Healthy(ctx context.Context) error {
-	if err := p.db.PingContext(ctx); err != nil {
+	err := p.db.PingContext(ctx)
+	// A ping on a pooled connection the server dropped (pg_terminate_backend,
+	// a pooler's restart) fails and discards it; the pool may hold one per
+	// MaxOpenConns. A database that is really down fails to dial instead.
+	for i := 0; i < p.opts.MaxOpenConns && errors.Is(err, driver.ErrBadConn); i++ {
+		err = p.db.PingContext(ctx)
+	}
+	if err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
 	return p.listenerHealth()

@@ -58,6 +58,15 @@ type queues struct {
 	// the queue is full they are dropped: they are best effort.
 	ephemeral chan string
 	dropped   int64
+
+	// gone holds deleted users, in order. Whatever delivers to the Sink
+	// (doorbells, ephemeral messages, revocations) hands them over first,
+	// holding goneMu meanwhile, so nothing notified after a deletion
+	// reaches the deleted user.
+	gone   []string
+	goneMu sync.Mutex
+	// checkUsers asks for a check of the connected users' rows.
+	checkUsers chan struct{}
 }
 
 type revocation struct {
@@ -71,6 +80,7 @@ func (q *queues) init() {
 	q.revokeSet = make(map[[2]string]bool)
 	q.revokeSig = make(chan struct{}, 1)
 	q.ephemeral = make(chan string, 1024)
+	q.checkUsers = make(chan struct{}, 1)
 }
 
 func signal(c chan struct{}) {
@@ -119,6 +129,26 @@ func parseEvent(s string) (hub.Event, bool) {
 		return hub.Event{}, false
 	}
 	return hub.Event{ProjectID: s[:n], Seq: seq, Name: f[2], Time: time.UnixMicro(us), Data: json.RawMessage(s[n:])}, true
+}
+
+func (p *Postgres) requestUserGone(userID string) {
+	p.q.mu.Lock()
+	p.q.gone = append(p.q.gone, userID)
+	p.q.mu.Unlock()
+	signal(p.q.wakeSig)
+}
+
+// flushGone hands the deleted users queued so far to the sink.
+func (p *Postgres) flushGone(sink Sink) {
+	p.q.goneMu.Lock()
+	defer p.q.goneMu.Unlock()
+	p.q.mu.Lock()
+	gone := p.q.gone
+	p.q.gone = nil
+	p.q.mu.Unlock()
+	for _, u := range gone {
+		sink.UserGone(u)
+	}
 }
 
 func (p *Postgres) requestWakeAll() {
@@ -171,10 +201,11 @@ func (p *Postgres) Start(ctx context.Context, sink Sink) error {
 
 	run, cancel := context.WithCancel(p.ctx)
 	stopAfter := context.AfterFunc(ctx, cancel)
-	p.wg.Add(4)
+	p.wg.Add(5)
 	go p.wakeLoop(run, sink)
 	go p.revokeLoop(run, sink)
 	go p.ephemeralLoop(run, sink)
+	go p.userCheckLoop(run, sink)
 	listening := p.openListener(run)
 	go func() {
 		defer cancel()
@@ -233,8 +264,10 @@ func (p *Postgres) openListener(run context.Context) <-chan struct{} {
 			return
 		}
 		p.setConnected(gen, true)
-		// Doorbells rung before LISTEN took effect were not heard here.
+		// Doorbells rung and users deleted before LISTEN took effect were
+		// not heard here.
 		p.requestWakeAll()
+		signal(p.q.checkUsers)
 		close(listening)
 	}()
 	return listening
@@ -296,6 +329,7 @@ func (p *Postgres) dispatch(n *pq.Notification) {
 	if n == nil {
 		// pq reconnected: whatever was notified meanwhile is gone.
 		p.requestWakeAll()
+		signal(p.q.checkUsers)
 		return
 	}
 	if n.Channel != notifyChannel {
@@ -317,6 +351,8 @@ func (p *Postgres) dispatch(n *pq.Notification) {
 		if project, user, ok := strings.Cut(rest, ":"); ok {
 			p.requestRevokeCheck(revocation{project: project, user: user})
 		}
+	case "d":
+		p.requestUserGone(rest)
 	case "x", "y":
 		select {
 		case p.q.ephemeral <- n.Extra:
@@ -353,12 +389,20 @@ func (p *Postgres) wakeLoop(run context.Context, sink Sink) {
 			return
 		case <-p.q.wakeSig:
 		}
+		// Deleted users first, taken with the events: an event notified
+		// after a deletion never reaches the deleted user.
+		p.q.goneMu.Lock()
 		p.q.mu.Lock()
-		all, set, offers := p.q.wakeAll, p.q.wake, p.q.offers
+		gone, all, set, offers := p.q.gone, p.q.wakeAll, p.q.wake, p.q.offers
+		p.q.gone = nil
 		p.q.wakeAll = false
 		p.q.wake = make(map[string]struct{})
 		p.q.offers = nil
 		p.q.mu.Unlock()
+		for _, u := range gone {
+			sink.UserGone(u)
+		}
+		p.q.goneMu.Unlock()
 		if all {
 			sink.WakeAll() // covers every project of set and offers too
 			continue
@@ -400,6 +444,10 @@ func (p *Postgres) checkRevocation(run context.Context, sink Sink, r revocation)
 	switch {
 	case err == nil:
 	case errors.Is(err, hub.ErrAccessDenied):
+		// A deleted user's d: follows the r: of its cascaded rows (foreign
+		// keys' triggers fire first) and was heard while the access was
+		// checked: the user is closed rather than told it left.
+		p.flushGone(sink)
 		sink.Revoke(r.project, r.user)
 	case run.Err() != nil:
 	case r.attempt < 5:
@@ -453,7 +501,59 @@ func (p *Postgres) deliverEphemeral(run context.Context, sink Sink, payload stri
 		p.log.Warn("bad ephemeral message", "err", err, "bytes", len(raw))
 		return
 	}
+	p.flushGone(sink) // a user deleted before this message gets nothing
 	sink.DeliverEphemeral(e)
+}
+
+// userCheckBatch bounds the user ids of one check query.
+const userCheckBatch = 1000
+
+// userCheckLoop checks that the connected users still have a users row,
+// every UserCheckInterval and whenever notifications may have been lost (a
+// listener reconnect): a deletion's notification is the fast way, this is
+// the sure one.
+func (p *Postgres) userCheckLoop(run context.Context, sink Sink) {
+	defer p.wg.Done()
+	every := time.NewTicker(p.opts.UserCheckInterval)
+	defer every.Stop()
+	for run.Err() == nil {
+		select {
+		case <-every.C:
+			p.checkUsers(run, sink)
+		case <-p.q.checkUsers:
+			p.checkUsers(run, sink)
+		case <-run.Done():
+		}
+	}
+}
+
+// checkUsers closes the connections of every connected user without a
+// users row, userCheckBatch ids per query.
+func (p *Postgres) checkUsers(run context.Context, sink Sink) {
+	ids := sink.UserIDs()
+	for len(ids) > 0 && run.Err() == nil {
+		batch := ids[:min(len(ids), userCheckBatch)]
+		ids = ids[len(batch):]
+		var found []string
+		ctx, cancel := context.WithTimeout(run, 10*time.Second)
+		err := p.db.SelectContext(ctx, &found, `SELECT id FROM users WHERE id = ANY($1)`, pq.Array(batch))
+		cancel()
+		if err != nil {
+			if run.Err() == nil {
+				p.log.Warn("checking that connected users exist failed", "err", err)
+			}
+			return
+		}
+		exists := make(map[string]bool, len(found))
+		for _, id := range found {
+			exists[id] = true
+		}
+		for _, id := range batch {
+			if !exists[id] {
+				sink.UserGone(id)
+			}
+		}
+	}
 }
 
 // stuckAfter is how long a ping may stay unanswered.

@@ -73,9 +73,11 @@ func Migrate(ctx context.Context, databaseURL string) (err error) {
 	if dirty := (migrate.ErrDirty{}); errors.As(err, &dirty) {
 		// Every migration is a single transaction, so a "dirty" version was
 		// rolled back as a whole: it is safe to step back one and retry.
-		prev := dirty.Version - 1
-		if prev < 1 {
-			prev = database.NilVersion
+		// Back to the migration before it, which need not be one number
+		// lower (versions are reserved per change, and may skip).
+		prev := database.NilVersion
+		if p, perr := src.Prev(uint(dirty.Version)); perr == nil {
+			prev = int(p)
 		}
 		if ferr := m.Force(prev); ferr != nil {
 			return fmt.Errorf("migrate: clearing dirty version %d: %w", dirty.Version, ferr)

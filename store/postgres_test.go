@@ -32,6 +32,8 @@ type recSink struct {
 	ephemerals []hub.Ephemeral
 	offers     []hub.Event
 	pointers   map[string]int // Wake calls alone, without Offer
+	gone       []string       // UserGone calls
+	users      []string       // what UserIDs answers
 	changed    chan struct{}
 }
 
@@ -82,6 +84,19 @@ func (s *recSink) DeliverEphemeral(e hub.Ephemeral) {
 	s.ephemerals = append(s.ephemerals, e)
 	s.mu.Unlock()
 	s.note()
+}
+
+func (s *recSink) UserGone(userID string) {
+	s.mu.Lock()
+	s.gone = append(s.gone, userID)
+	s.mu.Unlock()
+	s.note()
+}
+
+func (s *recSink) UserIDs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.users...)
 }
 
 // wait blocks until cond (called under the sink's lock) holds, at most
@@ -669,6 +684,41 @@ func TestRevocation(t *testing.T) {
 	sink.wait(t, "Revoke(p1, u4) and Revoke(p1, u3)", func(s *recSink) bool {
 		return revoked(s, "p1:u4") && revoked(s, "p1:u3")
 	})
+}
+
+// A deleted users row reaches the sink at once by its notification; after
+// a listener reconnect, the connected users are checked against the table.
+func TestUserDeleted(t *testing.T) {
+	t.Parallel()
+	dbURL := pgtest.New(t)
+	db := openDB(t, dbURL)
+	mustExec(t, db, `INSERT INTO users (id, name) VALUES ('u1', 'One'), ('u3', 'Three')`)
+	_, sink := startStore(t, dbURL, store.PostgresOptions{})
+	goneList := func() []string {
+		sink.mu.Lock()
+		defer sink.mu.Unlock()
+		return append([]string(nil), sink.gone...)
+	}
+
+	mustExec(t, db, `DELETE FROM users WHERE id = 'u3'`)
+	sink.wait(t, "UserGone(u3)", func(s *recSink) bool { return len(s.gone) > 0 })
+	if got := goneList(); len(got) != 1 || got[0] != "u3" {
+		t.Fatalf("UserGone calls %v, want [u3]", got)
+	}
+
+	// Deleted while nobody listened (the check at the reconnect finds it;
+	// the periodic one is 30 s away). u1 exists and stays.
+	sink.mu.Lock()
+	sink.users = []string{"u1", "ghost"}
+	sink.mu.Unlock()
+	var ok bool
+	if err := db.GetContext(ctxT(t), &ok, `SELECT pg_terminate_backend($1)`, listenerPID(t, db)); err != nil || !ok {
+		t.Fatalf("pg_terminate_backend: %v %v", ok, err)
+	}
+	sink.wait(t, "UserGone(ghost)", func(s *recSink) bool { return len(s.gone) > 1 })
+	if got := goneList(); len(got) != 2 || got[1] != "ghost" {
+		t.Fatalf("UserGone calls %v, want [u3 ghost]", got)
+	}
 }
 
 func TestRoleAndUserExists(t *testing.T) {

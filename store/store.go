@@ -45,6 +45,11 @@ type Sink interface {
 	WakeAll()
 	Revoke(projectID, userID string)
 	DeliverEphemeral(e hub.Ephemeral)
+	// UserGone closes the connections of a user whose row was deleted.
+	UserGone(userID string)
+	// UserIDs lists the users connected here (service tokens aside), whose
+	// rows the store checks when it may have missed a deletion.
+	UserIDs() []string
 }
 
 // ErrUnknownEvent is returned by Publish for a name outside

@@ -25,7 +25,7 @@ import (
 // when there is none (a WebSocket then waits for an auth frame). A ticket
 // parameter counts even when empty: the client meant a ticket.
 func handshakeCredential(r *http.Request) (session.Credential, bool) {
-	if t := auth.BearerToken(r); t != "" {
+	if t := auth.TokenFromHeader(r); t != "" {
 		return session.Credential{Kind: session.BearerHeader, Value: t}, true
 	}
 	q := r.URL.Query()

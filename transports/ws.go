@@ -46,6 +46,9 @@ type WebSocket struct {
 	sentCounter prometheus.Counter
 
 	clients *clients
+	// unauth counts the upgraded clients without a hub connection (no
+	// token accepted yet), which no hub count includes.
+	unauth atomic.Int64
 
 	mu      sync.Mutex
 	closing bool
@@ -161,6 +164,10 @@ func (ws *WebSocket) CloseAll() {
 // Len counts open WebSocket sessions, authenticated or not.
 func (ws *WebSocket) Len() int { return ws.clients.len() }
 
+// Unauthenticated counts the open WebSocket sessions that have no accepted
+// token yet (they wait for an auth frame).
+func (ws *WebSocket) Unauthenticated() int { return int(ws.unauth.Load()) }
+
 // clientCtxKey carries the client from ServeHTTP to onConnect, through the
 // request melody hands over.
 type clientCtxKey struct{}
@@ -170,6 +177,9 @@ func (ws *WebSocket) onConnect(s *melody.Session) {
 	s.Request = nil // melody keeps it for the session's life; nothing here needs it
 	c.mu.Lock()
 	c.sess = s
+	if c.conn == nil {
+		ws.unauth.Add(1) // until Attach or the disconnect
+	}
 	c.mu.Unlock()
 	ws.clients.put(s, c)
 	close(c.upgraded)
@@ -194,6 +204,9 @@ func (ws *WebSocket) onDisconnect(s *melody.Session) {
 	c := ws.clients.get(s)
 	c.mu.Lock()
 	c.gone = true
+	if c.conn == nil {
+		ws.unauth.Add(-1)
+	}
 	c.mu.Unlock()
 	ws.clients.remove(s)
 	c.session.End()
@@ -276,6 +289,9 @@ func (c *wsClient) Wake() {
 func (c *wsClient) Attach(conn *hub.Conn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.sess != nil && !c.gone {
+		c.ws.unauth.Add(-1) // counted as unauthenticated by onConnect
+	}
 	c.conn = conn
 	c.pumpLocked()
 }

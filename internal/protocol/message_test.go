@@ -167,3 +167,21 @@ func FuzzSSEQuery(f *testing.F) {
 		}
 	})
 }
+
+func TestServerOwned(t *testing.T) {
+	for _, name := range []string{
+		"story_uploaded", "export_failed", // domain
+		"authenticated", "joined_project", "left_project", "pong", "error", "server_shutdown", // server
+		"auth", "join_project", "leave_project", "ping", "typing_start", "typing_stop", // client
+		"user_online", "user_offline", // presence
+	} {
+		if !ServerOwned(name) {
+			t.Errorf("%s is the server's own name", name)
+		}
+	}
+	for _, name := range []string{"notification", "export_done", "Error", "pong2", ""} {
+		if ServerOwned(name) {
+			t.Errorf("%s is not the server's own name", name)
+		}
+	}
+}

@@ -35,6 +35,30 @@ var DomainEvents = map[string]bool{
 	"export_started": true, "export_progress": true, "export_ready": true, "export_failed": true,
 }
 
+// Presence events (section 11): the server sends them when a project's
+// members come and go.
+const (
+	UserOnline  = "user_online"
+	UserOffline = "user_offline"
+)
+
+// ServerOwned reports whether name is one of the server's own event names:
+// a domain event, a server message, a client event or a presence event. A
+// user-targeted event may not take one (section 8): a client would read it
+// as the server's own message.
+func ServerOwned(name string) bool {
+	if DomainEvents[name] {
+		return true
+	}
+	switch name {
+	case Authenticated, JoinedProject, LeftProject, Pong, ErrorEvent, ServerShutdown,
+		Auth, JoinProject, LeaveProject, Ping, TypingStart, TypingStop,
+		UserOnline, UserOffline:
+		return true
+	}
+	return false
+}
+
 // ClientEvent returns name when it is an event clients may send, else
 // "other": a bounded label set for metrics.
 func ClientEvent(name string) string {
