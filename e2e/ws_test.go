@@ -1204,3 +1204,27 @@ func TestWSHandshakeRate(t *testing.T) {
 		t.Fatalf("third handshake: %v, want HTTP 429 with Retry-After", err)
 	}
 }
+
+// auth frames have a limit of their own per connection (10 per window, the
+// first included): more are refused without being verified, and the
+// user's own frame limit is untouched.
+func TestWSAuthFrameLimit(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "RATE_LIMIT_MAX_EVENTS=5")
+	tok := s.userToken(t, "u1", "p1")
+	c := dialWS(t, s, tok)
+	for i := 1; i <= 10; i++ {
+		if m := c.call(t, "auth", map[string]any{"token": tok}); m["event"] != "authenticated" {
+			t.Fatalf("auth frame %d: %v", i, m)
+		}
+	}
+	for i := 11; i <= 20; i++ {
+		m := c.call(t, "auth", map[string]any{"token": tok})
+		if errorCode(t, m) != "RATE_LIMIT_EXCEEDED" || dataOf(t, m)["retryAfterMs"] == nil {
+			t.Fatalf("auth frame %d: %v, want RATE_LIMIT_EXCEEDED with retryAfterMs", i, m)
+		}
+	}
+	if m := c.call(t, "ping", nil); m["event"] != "pong" {
+		t.Fatalf("a ping after the refused auth frames: %v", m)
+	}
+}

@@ -34,13 +34,13 @@ type SSEOptions struct {
 // SSE serves GET /sse?projects=P1,P2: the same hub, messages and guarantees
 // as the WebSocket, for clients behind proxies that break WebSockets.
 type SSE struct {
+	mu      sync.Mutex
+	streams int // open streams, under mu
+
 	hub      *hub.Hub
 	sessions *session.Manager
 	opts     SSEOptions
 	sent     prometheus.Counter
-
-	mu      sync.Mutex
-	streams int
 }
 
 // NewSSE returns the transport.
