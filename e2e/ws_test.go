@@ -1228,3 +1228,19 @@ func TestWSAuthFrameLimit(t *testing.T) {
 		t.Fatalf("a ping after the refused auth frames: %v", m)
 	}
 }
+
+// A typing relay of a sender whose name is not known (a token without
+// name) carries userName null, not an empty string.
+func TestWSTypingUnknownName(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	anon := dialWS(t, s, s.token(t, auth.Claims{UserID: "anon", Projects: []string{"p1"}}, time.Hour), named("anon"))
+	bob := dialWS(t, s, s.userToken(t, "bob", "p1"), named("bob"))
+	anon.join(t, "p1")
+	bob.join(t, "p1")
+	anon.sendEvent(t, "typing_start", map[string]any{"projectId": "p1", "storyId": "s1"}, 1)
+	d := dataOf(t, bob.expectNext(t, "typing_start"))
+	if v, ok := d["userName"]; !ok || v != nil {
+		t.Fatalf("typing data %v: want userName null", d)
+	}
+}

@@ -253,7 +253,11 @@ func (h *Hub) Typing(ctx context.Context, c *Conn, projectID, storyID string, st
 	if start {
 		name = protocol.TypingStart
 	}
-	f := Reply(name, projectID, protocol.TypingRelay{StoryID: storyID, UserID: u.ID, UserName: u.Name}, nil)
+	relay := protocol.TypingRelay{StoryID: storyID, UserID: u.ID}
+	if u.Name != "" {
+		relay.UserName = &u.Name
+	}
+	f := Reply(name, projectID, relay, nil)
 	return h.opts.Relay.PublishEphemeral(ctx, Ephemeral{ProjectID: projectID, Except: u.ID, Name: name, JSON: f.JSON})
 }
 

@@ -94,7 +94,8 @@ export interface Interaction {
 export interface TypingData {
   storyId: string
   userId: string
-  userName?: string
+  /** null when the sender's name is not known */
+  userName: string | null
 }
 
 /** What onTyping handlers get. */

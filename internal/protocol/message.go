@@ -48,11 +48,12 @@ type ShutdownData struct {
 	ReconnectAfterMs int64  `json:"reconnectAfterMs"`
 }
 
-// TypingRelay is the data of a relayed typing_start or typing_stop.
+// TypingRelay is the data of a relayed typing_start or typing_stop;
+// UserName is null when the sender's name is not known.
 type TypingRelay struct {
-	StoryID  string `json:"storyId"`
-	UserID   string `json:"userId"`
-	UserName string `json:"userName"`
+	StoryID  string  `json:"storyId"`
+	UserID   string  `json:"userId"`
+	UserName *string `json:"userName"`
 }
 
 // Message encodes a message that is not a domain event:

@@ -44,7 +44,7 @@ func TestMessage(t *testing.T) {
 		t.Fatalf("got  %s\nwant %s", got, want)
 	}
 	got = string(Message(TypingStart, "p1", TypingRelay{StoryID: "s", UserID: "u"}, nil))
-	want = `{"event":"typing_start","projectId":"p1","data":{"storyId":"s","userId":"u","userName":""}}`
+	want = `{"event":"typing_start","projectId":"p1","data":{"storyId":"s","userId":"u","userName":null}}`
 	if got != want {
 		t.Fatalf("got  %s\nwant %s", got, want)
 	}
