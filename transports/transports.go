@@ -45,9 +45,9 @@ func orDefault[T int | int64 | time.Duration](v *T, def T) {
 	}
 }
 
-// WriteHTTPError answers {"error":{"code","message"}} (docs/protocol.md,
+// writeHTTPError answers {"error":{"code","message"}} (docs/protocol.md,
 // errors).
-func WriteHTTPError(w http.ResponseWriter, status int, e protocol.Error) {
+func writeHTTPError(w http.ResponseWriter, status int, e protocol.Error) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(protocol.HTTPError{Error: protocol.Error{Code: e.Code, Message: e.Message}})
@@ -56,7 +56,7 @@ func WriteHTTPError(w http.ResponseWriter, status int, e protocol.Error) {
 // refuse answers a handshake that opens no connection and counts it.
 func refuse(w http.ResponseWriter, transport string, m *hub.Metrics, no *session.Refusal) {
 	m.Handshakes.WithLabelValues(transport, no.Outcome).Inc()
-	WriteHTTPError(w, no.Status, no.Err)
+	writeHTTPError(w, no.Status, no.Err)
 }
 
 // admit takes one handshake of the request's address, or answers 429.
