@@ -161,7 +161,26 @@ func publishErr(s *testServer, serviceToken, projectID, event string, data any) 
 // with prefix (a metric name, optionally with labels), or -1 when absent.
 func (s *testServer) metric(t testing.TB, prefix string) float64 {
 	t.Helper()
-	body := readBody(t, s.request(t, "GET", "/metrics", "", nil))
+	return s.metricWith(t, http.DefaultClient, prefix)
+}
+
+// noKeepAlive closes its connection after each request.
+var noKeepAlive = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
+// metricWith is metric through the given client.
+func (s *testServer) metricWith(t testing.TB, client *http.Client, prefix string) float64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", s.URL+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	body := readBody(t, resp)
 	for _, line := range strings.Split(string(body), "\n") {
 		if strings.HasPrefix(line, prefix) && (len(line) > len(prefix) && (line[len(prefix)] == ' ' || line[len(prefix)] == '{')) {
 			f := strings.Fields(line)

@@ -486,8 +486,7 @@ func TestSSENoGoroutineLeak(t *testing.T) {
 	svc := s.serviceToken(t)
 	tok := s.userToken(t, "u1", "p1", "p2")
 	// A client of its own, without keep-alive, so that its idle connections
-	// do not count: /metrics goes through the default client, whose one
-	// idle connection is part of the baseline.
+	// do not count.
 	tr := &http.Transport{DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr}
@@ -507,10 +506,7 @@ func TestSSENoGoroutineLeak(t *testing.T) {
 	r, _ := open()
 	r.Body.Close()
 	eventually(t, waitTimeout, "the warm-up stream to close", func() bool { return sseStats(t, s, svc) == 0 })
-	base := s.metric(t, "go_goroutines")
-	if base <= 0 {
-		t.Fatal("no go_goroutines in /metrics")
-	}
+	base := settledGoroutines(t, s)
 
 	const n = 50
 	var resps []*http.Response
@@ -531,7 +527,7 @@ func TestSSENoGoroutineLeak(t *testing.T) {
 	if got := sseStats(t, s, svc); got != n {
 		t.Fatalf("stats: %d SSE streams, want %d", got, n)
 	}
-	during := s.metric(t, "go_goroutines")
+	during := goroutines(t, s)
 	// One goroutine per stream; the baseline may hold a transient one or
 	// two (an HTTP connection ending), so only ask that the metric clearly
 	// sees the streams.
@@ -545,7 +541,7 @@ func TestSSENoGoroutineLeak(t *testing.T) {
 	var now float64
 	deadline := time.Now().Add(waitTimeout)
 	for {
-		if now = s.metric(t, "go_goroutines"); now <= base {
+		if now = goroutines(t, s); now <= base {
 			break
 		}
 		if time.Now().After(deadline) {
