@@ -33,6 +33,7 @@ import (
 	"sagapush/handlers"
 	"sagapush/hub"
 	"sagapush/internal/httpguard"
+	"sagapush/internal/presence"
 	"sagapush/internal/session"
 	"sagapush/store"
 	"sagapush/transports"
@@ -104,6 +105,9 @@ type config struct {
 	AllowTokenInURL bool
 	MetricsToken    string
 	ConnsPerAddress int
+	PresenceGrace   time.Duration
+	PresenceTTL     time.Duration
+	PresenceMax     int
 	LogLevel        slog.Level
 }
 
@@ -144,6 +148,14 @@ func loadConfig() (config, error) {
 		AllowTokenInURL: boolEnv("ALLOW_TOKEN_IN_URL", true, &errs),
 		MetricsToken:    os.Getenv("METRICS_TOKEN"),
 		ConnsPerAddress: intEnv("HTTP_CONNS_PER_ADDRESS", 512, &errs),
+		PresenceGrace:   ms("PRESENCE_GRACE_MS", 5000),
+		PresenceTTL:     ms("PRESENCE_TTL_MS", 30000),
+		PresenceMax:     intEnv("PRESENCE_MAX_USERS", 100, &errs),
+	}
+	if c.PresenceTTL < 500*time.Millisecond {
+		// Leases last half of it and are renewed every sixth: shorter
+		// would renew faster than a database round trip is sure to take.
+		errs = append(errs, fmt.Errorf("PRESENCE_TTL_MS must be at least 500, not %d", c.PresenceTTL.Milliseconds()))
 	}
 	switch {
 	case c.JWTLeeway > auth.DefaultLeeway:
@@ -269,13 +281,24 @@ func serve(args []string, stdout, stderr io.Writer) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	h := hub.New(hub.Options{
-		Source: st, Access: st, Relay: st, Logger: log, Metrics: hub.NewMetrics(reg),
+	var h *hub.Hub
+	var shared presence.Backend // none in embedded mode: presence is this process's
+	if b, ok := st.(presence.Backend); ok {
+		shared = b
+	}
+	pres := presence.New(presence.Options{
+		Backend: shared, Announce: func(e hub.Ephemeral) { h.DeliverEphemeral(e) },
+		Grace: cfg.PresenceGrace, TTL: cfg.PresenceTTL, MaxUsers: cfg.PresenceMax,
+		Logger: log, Registerer: reg,
+	})
+	h = hub.New(hub.Options{
+		Source: st, Access: st, Relay: st, Presence: pres, Logger: log, Metrics: hub.NewMetrics(reg),
 		MaxConnsPerUser: cfg.MaxConnsPerUser, RateWindow: cfg.RateWindow, RateMaxEvents: cfg.RateMax,
 		QueueLimit: cfg.QueueLimit, QueueLimitBytes: cfg.QueueLimitBytes, HistorySize: cfg.HistorySize, MaxReplay: cfg.MaxReplay,
 	})
 	defer h.Close()
-	if err := st.Start(ctx, h); err != nil {
+	pres.Start()
+	if err := st.Start(ctx, storeSink{h, pres}); err != nil {
 		return err
 	}
 
@@ -307,6 +330,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	)
 	e := handlers.New(handlers.Config{
 		Auth: authn, Stats: h, Publisher: st, UserEvents: h, Tickets: tickets, Database: database,
+		Presence: pres, Members: st,
 		WS: ws, SSE: sse, Origins: cfg.Origins,
 		Gatherer: reg, MetricsToken: cfg.MetricsToken, Unauthenticated: ws.Unauthenticated,
 		Web: web.Files, Logger: log, Pprof: os.Getenv("PPROF") == "1",
@@ -357,8 +381,20 @@ func serve(args []string, stdout, stderr io.Writer) error {
 		<-tick.C
 	}
 	ws.CloseAll()
+	// The lease ends after the grace: users whose clients reconnect to
+	// another instance meanwhile never show as offline.
+	byeCtx, cancelBye := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelBye()
+	pres.Close(byeCtx)
 	log.Info("stopped")
 	return nil
+}
+
+// storeSink is what the store tells: doorbells and users to the hub,
+// presence changes to the tracker.
+type storeSink struct {
+	*hub.Hub
+	*presence.Tracker
 }
 
 func printDemo(w io.Writer, secret []byte, port int) {

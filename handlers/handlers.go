@@ -26,6 +26,8 @@ type Config struct {
 	Publisher  Publisher     // project events (the store)
 	UserEvents UserEvents    // user-targeted events (the hub)
 	Tickets    TicketMinter  // one-time connect tickets; nil: no /api/tickets
+	Presence   Presence      // who is online; nil: no presence route
+	Members    Members       // who may see a project's presence (the store)
 	// Database is what the health checks; nil when there is none (embedded
 	// mode), which the health reports as "disabled".
 	Database Health
@@ -72,6 +74,9 @@ func New(cfg Config) *echo.Echo {
 		middleware.BodyLimit("512K"), requireRole(cfg.Auth, auth.RoleService))
 	if cfg.Tickets != nil {
 		api.POST("/tickets", mintTicket(cfg.Tickets, log), requireToken(cfg.Auth))
+	}
+	if cfg.Presence != nil {
+		api.GET("/projects/:projectId/presence", presence(cfg.Presence, cfg.Members), requireToken(cfg.Auth))
 	}
 
 	if cfg.Pprof {

@@ -45,6 +45,23 @@ type Ephemeral struct {
 	JSON      []byte `json:"j"` // the encoded message
 }
 
+// Presence is told who is in which room (internal/presence.Tracker is
+// one). Watch and Unwatch bracket a room's life; Joined and Left are told of
+// each member that counts (service connections do not), under the room's
+// lock, so that one project's calls come in order. None calls back into the
+// hub.
+type Presence interface {
+	// Watch is told, under the room's lock and before any member joins,
+	// that the project's room opened; it may read the store.
+	Watch(ctx context.Context, projectID string)
+	// Unwatch is told that the room closed.
+	Unwatch(projectID string)
+	Joined(projectID string, u *User)
+	Left(projectID, userID string)
+	// Online is the project's online users for a join's answer.
+	Online(projectID string) []protocol.OnlineUser
+}
+
 // Relay carries ephemeral messages to every instance, this one included,
 // which hands them back through Hub.DeliverEphemeral.
 type Relay interface {
@@ -64,7 +81,10 @@ type Options struct {
 	Source Source
 	Access Access
 	Relay  Relay
-	Logger *slog.Logger
+	// Presence, when set, learns every room's members; joined_project then
+	// carries online.
+	Presence Presence
+	Logger   *slog.Logger
 
 	HistorySize     int           // events per room kept in memory for resume (default 256)
 	MaxReplay       int           // most events replayed on one join; beyond it recovered:false (default 2000)
@@ -343,7 +363,7 @@ func (h *Hub) Revoke(projectID, userID string) {
 	var gone []*member
 	for _, m := range append([]*member(nil), r.members...) {
 		if m.conn.User().ID == userID {
-			r.removeLocked(m)
+			h.removeLocked(r, m)
 			gone = append(gone, m)
 		}
 	}

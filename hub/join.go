@@ -109,6 +109,7 @@ func (h *Hub) join(ctx context.Context, c *Conn, projectID, role string, revocat
 		if r := h.roomOf(projectID); r != nil {
 			r.mu.Lock()
 			res.Seq = r.seq
+			res.Online = h.online(projectID)
 			r.mu.Unlock()
 		}
 		c.Send(Reply(protocol.JoinedProject, "", res, ack))
@@ -179,12 +180,21 @@ func (h *Hub) join(ctx context.Context, c *Conn, projectID, role string, revocat
 			}
 			res.Recovered = &recovered
 		}
+		// Presence hears of the member before the answer is built: its
+		// list has the joining user in it.
+		counted := h.opts.Presence != nil && c.User().Role != roleService
+		if counted {
+			h.opts.Presence.Joined(projectID, c.User())
+		}
+		res.Online = h.online(projectID)
 		frames := make([]*Frame, 0, 1+len(replay))
 		frames = append(frames, Reply(protocol.JoinedProject, "", res, ack))
 		frames = append(frames, replay...)
 		m, wake := r.addLocked(c, last, frames)
 		if m != nil {
-			m.behind = stream
+			m.behind, m.counted = stream, counted
+		} else if counted {
+			h.opts.Presence.Left(projectID, c.User().ID)
 		}
 		r.mu.Unlock()
 		if m == nil {
@@ -205,6 +215,15 @@ func (h *Hub) join(ctx context.Context, c *Conn, projectID, role string, revocat
 		}
 		return res, nil
 	}
+}
+
+// online is the project's online users for a join's answer: nil without
+// Presence.
+func (h *Hub) online(projectID string) []protocol.OnlineUser {
+	if h.opts.Presence == nil {
+		return nil
+	}
+	return h.opts.Presence.Online(projectID)
 }
 
 // fits reports whether frames fit in half of what c's queue may still take,

@@ -53,6 +53,8 @@ type member struct {
 	// behind marks a member whose replay is streamed (Hub.catchUp): the
 	// fan-out passes it by until it has caught up.
 	behind bool
+	// counted: Presence was told of this member (not a service connection).
+	counted bool
 }
 
 // covers reports whether the ring holds every event after s.
@@ -137,10 +139,18 @@ func (r *room) addLocked(c *Conn, last int64, frames []*Frame) (m *member, wake 
 	return m, wake
 }
 
-func (r *room) removeLocked(m *member) {
+// removeLocked takes m out of the room, telling Presence when it counted.
+func (h *Hub) removeLocked(r *room, m *member) {
+	if r.removeLocked(m) && m.counted && h.opts.Presence != nil {
+		h.opts.Presence.Left(r.id, m.conn.User().ID)
+	}
+}
+
+// removeLocked takes m out of the room; false when it was out already.
+func (r *room) removeLocked(m *member) bool {
 	i := m.idx
 	if i < 0 {
-		return
+		return false
 	}
 	last := len(r.members) - 1
 	r.members[i] = r.members[last]
@@ -148,6 +158,7 @@ func (r *room) removeLocked(m *member) {
 	r.members[last] = nil
 	r.members = r.members[:last]
 	m.idx = -1
+	return true
 }
 
 // roomOf returns the project's room, or nil when nobody here joined it.
@@ -182,6 +193,9 @@ func (h *Hub) openRoom(ctx context.Context, projectID string) (*room, error) {
 				return nil, err
 			}
 			r.seq, r.ready = head, true
+			if h.opts.Presence != nil {
+				h.opts.Presence.Watch(ctx, projectID)
+			}
 		}
 		return r, nil
 	}
@@ -196,6 +210,11 @@ func (h *Hub) releaseRoom(r *room) {
 		if h.rooms[r.id] == r {
 			delete(h.rooms, r.id)
 		}
+		if r.ready && h.opts.Presence != nil {
+			// Under h.mu: a room opened again for the project is
+			// watched after this.
+			h.opts.Presence.Unwatch(r.id)
+		}
 	}
 	r.mu.Unlock()
 	h.mu.Unlock()
@@ -204,7 +223,7 @@ func (h *Hub) releaseRoom(r *room) {
 func (h *Hub) removeMember(m *member) {
 	r := m.room
 	r.mu.Lock()
-	r.removeLocked(m)
+	h.removeLocked(r, m)
 	empty := len(r.members) == 0
 	r.mu.Unlock()
 	if empty {

@@ -50,9 +50,9 @@ func (m *Memory) Close() error { return nil }
 
 func (m *Memory) Healthy(context.Context) error { return nil }
 
-// UserExists is always true: without a database the token is the only
+// LookupUser always finds the user, without a name: without a database the token is the only
 // authority on users.
-func (m *Memory) UserExists(context.Context, string) (bool, error) { return true, nil }
+func (m *Memory) LookupUser(context.Context, string) (string, bool, error) { return "", true, nil }
 
 // Role grants access to the projects listed in the token's projects claim.
 func (m *Memory) Role(_ context.Context, u *hub.User, projectID string) (string, error) {

@@ -30,6 +30,7 @@ import (
 //	y:<id>                 an ephemeral message stored in push_ephemeral
 //	p:<instance>:<n>       an instance's self-check ping
 //	d:<user>               the user's row was deleted
+//	o:<project>            the project's presence rows changed
 const notifyChannel = "saga_push"
 
 const (
@@ -339,11 +340,13 @@ func (p *Postgres) Role(ctx context.Context, u *hub.User, projectID string) (str
 	return roles[0], nil
 }
 
-// UserExists tells whether the user id has a row in users.
-func (p *Postgres) UserExists(ctx context.Context, userID string) (bool, error) {
-	var ok bool
-	err := p.db.GetContext(ctx, &ok, `SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)`, userID)
-	return ok, err
+// LookupUser tells whether the user id has a row in users, and its name.
+func (p *Postgres) LookupUser(ctx context.Context, userID string) (name string, ok bool, err error) {
+	err = p.db.GetContext(ctx, &name, `SELECT name FROM users WHERE id = $1`, userID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", false, nil
+	}
+	return name, err == nil, err
 }
 
 // PublishEphemeral sends the message to every instance, this one included.

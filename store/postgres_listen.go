@@ -67,6 +67,12 @@ type queues struct {
 	goneMu sync.Mutex
 	// checkUsers asks for a check of the connected users' rows.
 	checkUsers chan struct{}
+
+	// presence holds projects whose presence rows changed, coalesced;
+	// presenceAll: read them all again (notifications were lost).
+	presence    map[string]struct{}
+	presenceAll bool
+	presenceSig chan struct{}
 }
 
 type revocation struct {
@@ -81,6 +87,8 @@ func (q *queues) init() {
 	q.revokeSig = make(chan struct{}, 1)
 	q.ephemeral = make(chan string, 1024)
 	q.checkUsers = make(chan struct{}, 1)
+	q.presence = make(map[string]struct{})
+	q.presenceSig = make(chan struct{}, 1)
 }
 
 func signal(c chan struct{}) {
@@ -206,6 +214,10 @@ func (p *Postgres) Start(ctx context.Context, sink Sink) error {
 	go p.revokeLoop(run, sink)
 	go p.ephemeralLoop(run, sink)
 	go p.userCheckLoop(run, sink)
+	if ps, ok := sink.(PresenceSink); ok {
+		p.wg.Add(1)
+		go p.presenceLoop(run, ps)
+	}
 	listening := p.openListener(run)
 	go func() {
 		defer cancel()
@@ -267,6 +279,7 @@ func (p *Postgres) openListener(run context.Context) <-chan struct{} {
 		// Doorbells rung and users deleted before LISTEN took effect were
 		// not heard here.
 		p.requestWakeAll()
+		p.requestPresenceAll()
 		signal(p.q.checkUsers)
 		close(listening)
 	}()
@@ -329,6 +342,7 @@ func (p *Postgres) dispatch(n *pq.Notification) {
 	if n == nil {
 		// pq reconnected: whatever was notified meanwhile is gone.
 		p.requestWakeAll()
+		p.requestPresenceAll()
 		signal(p.q.checkUsers)
 		return
 	}
@@ -353,6 +367,8 @@ func (p *Postgres) dispatch(n *pq.Notification) {
 		}
 	case "d":
 		p.requestUserGone(rest)
+	case "o":
+		p.requestPresence(rest)
 	case "x", "y":
 		select {
 		case p.q.ephemeral <- n.Extra:

@@ -763,8 +763,8 @@ func TestRoleAndUserExists(t *testing.T) {
 		}
 	}
 	for user, want := range map[string]bool{"u1": true, "u4": true, "nobody": false, "": false} {
-		if got, err := p.UserExists(ctx, user); err != nil || got != want {
-			t.Errorf("UserExists(%q) = %v, %v", user, got, err)
+		if _, got, err := p.LookupUser(ctx, user); err != nil || got != want {
+			t.Errorf("LookupUser(%q) = %v, %v", user, got, err)
 		}
 	}
 }

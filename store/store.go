@@ -21,8 +21,9 @@ type Store interface {
 	// Publish stores a domain event and returns its seq; it reaches the hub
 	// through the doorbell like any trigger event.
 	Publish(ctx context.Context, projectID, name string, data json.RawMessage) (int64, error)
-	// UserExists tells whether a user id may connect.
-	UserExists(ctx context.Context, userID string) (bool, error)
+	// LookupUser tells whether a user id may connect, and the user's name
+	// when the store knows it.
+	LookupUser(ctx context.Context, userID string) (name string, ok bool, err error)
 	// PutTicket and TakeTicket keep one-time connect tickets by hash
 	// (session.TicketStore): TakeTicket is the one place that spends a
 	// ticket, once, whichever instance asks.

@@ -22,6 +22,40 @@ type Joined struct {
 	Role      string `json:"role"`
 	Seq       int64  `json:"seq"`
 	Recovered *bool  `json:"recovered,omitempty"`
+	// Online lists the project's online users at the join (section 11),
+	// sorted by userId. It is absent when the project has more online
+	// users than members are told of one by one (PRESENCE_MAX_USERS).
+	Online []OnlineUser `json:"online,omitzero"`
+}
+
+// OnlineUser is one online user: an entry of joined_project.online and the
+// data of user_online. UserName is null when the user's name is not known.
+type OnlineUser struct {
+	UserID   string  `json:"userId"`
+	UserName *string `json:"userName"`
+}
+
+// OfflineUser is the data of user_offline.
+type OfflineUser struct {
+	UserID string `json:"userId"`
+}
+
+// PresenceUser is one entry of GET /api/projects/{id}/presence: Connections
+// counts the user's joined connections on every instance (0 during the
+// grace).
+type PresenceUser struct {
+	UserID      string  `json:"userId"`
+	UserName    *string `json:"userName"`
+	Connections int     `json:"connections"`
+}
+
+// NameOrNull is name for a JSON field that is null when the name is not
+// known.
+func NameOrNull(name string) *string {
+	if name == "" {
+		return nil
+	}
+	return &name
 }
 
 // Left is the data of left_project.

@@ -16,9 +16,10 @@ type Verifier interface {
 	Verify(token string) (*auth.Claims, error)
 }
 
-// Users tells whether a user may connect (the store is one).
+// Users tells whether a user may connect, and its name when known (the
+// store is one).
 type Users interface {
-	UserExists(ctx context.Context, userID string) (bool, error)
+	LookupUser(ctx context.Context, userID string) (name string, ok bool, err error)
 }
 
 // Authenticator turns a token, or a one-time ticket, into a hub user.
@@ -105,18 +106,22 @@ func (a *Authenticator) redeem(ctx context.Context, ticket string) (*hub.User, t
 }
 
 // checkUser refuses a user token whose user has no row (the users of the
-// database; embedded mode knows every user). A service token needs none:
-// the backend is not a user.
+// database; embedded mode knows every user), and names a user whose token
+// has no name after its row (typing and presence show it). A service token
+// needs no row: the backend is not a user.
 func (a *Authenticator) checkUser(ctx context.Context, u *hub.User) *protocol.Error {
 	if u.Role == auth.RoleService {
 		return nil
 	}
-	ok, err := a.Users.UserExists(ctx, u.ID)
+	name, ok, err := a.Users.LookupUser(ctx, u.ID)
 	if err != nil {
 		return &protocol.Error{Code: protocol.CodeInternalError, Message: "cannot check the user now"}
 	}
 	if !ok {
 		return &protocol.Error{Code: protocol.CodeUnauthorized, Message: "unknown user"}
+	}
+	if u.Name == "" {
+		u.Name = name
 	}
 	return nil
 }

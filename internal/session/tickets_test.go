@@ -135,7 +135,9 @@ func mustRefuse(t *testing.T, a *Authenticator, c Credential) *protocol.Error {
 
 type someUsers struct{ ok map[string]bool }
 
-func (u *someUsers) UserExists(_ context.Context, id string) (bool, error) { return u.ok[id], nil }
+func (u *someUsers) LookupUser(_ context.Context, id string) (string, bool, error) {
+	return "", u.ok[id], nil
+}
 
 type brokenTickets struct{}
 
