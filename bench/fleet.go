@@ -172,6 +172,7 @@ func sum(reps []workerReport) workerReport {
 		t.Dups += r.Dups
 		t.Closed += r.Closed
 		t.CPUms += r.CPUms
+		t.PresenceRight += r.PresenceRight
 		if r.Closes != "" {
 			closes = append(closes, r.Closes)
 		}

@@ -77,6 +77,7 @@ func main() {
 		{"triggers", triggers},
 		{"triggers-families", triggersFamilies},
 		{"churn", churn},
+		{"presence", presenceScenario},
 	}
 	failed := 0
 	for _, s := range scenarios {

@@ -39,6 +39,7 @@ type scale struct {
 	latSeconds            int
 	churnRounds, churnN   int
 	ingestSeconds, writer int
+	presenceConns         int // a multiple of 10: projects of 5, two instances
 }
 
 var fullScale = scale{
@@ -49,6 +50,7 @@ var fullScale = scale{
 	latConns: 1000, latRate: 500, latSeconds: 10,
 	churnRounds: 10, churnN: 5000,
 	ingestSeconds: 10, writer: 8,
+	presenceConns: 10000,
 }
 
 var smokeScale = scale{
@@ -59,6 +61,7 @@ var smokeScale = scale{
 	latConns: 50, latRate: 50, latSeconds: 2,
 	churnRounds: 2, churnN: 100,
 	ingestSeconds: 2, writer: 8,
+	presenceConns: 200,
 }
 
 type scenario struct {

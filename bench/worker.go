@@ -33,6 +33,9 @@ type workerSpec struct {
 	Rooms     int    `json:"rooms"`   // connection i joins room (offset+i) % rooms
 	Users     int    `json:"users"`   // distinct users (default 1000)
 	Samples   bool   `json:"samples"` // keep (event index, arrival) of every event
+	// Presence: track each connection's online list (Users/Rooms users
+	// per project) and report how many are right.
+	Presence bool `json:"presence,omitempty"`
 }
 
 // workerReport is what a worker tells the coordinator.
@@ -51,6 +54,9 @@ type workerReport struct {
 	Commit    []int64 `json:"commit"`    // histogram from each event's commit, after "commits"
 	CPUms     int64   `json:"cpuMs"`     // this process's CPU time
 	Goroutine int     `json:"goroutine"` // this process's goroutines
+	// PresenceRight counts connections whose online list holds exactly
+	// their project's users (spec.Presence).
+	PresenceRight int64 `json:"presenceRight,omitempty"`
 }
 
 // maxEvents bounds the event indexes ("i") tracked per event.
@@ -115,6 +121,8 @@ type worker struct {
 	firstEr string
 	openDur time.Duration
 
+	presence *presenceSets // nil unless spec.Presence
+
 	sampleMu sync.Mutex
 	samples  []sample
 	commit   []int64 // histogram against commit times
@@ -141,6 +149,9 @@ func runWorker() {
 		spec.Users += spec.Rooms - spec.Users%spec.Rooms
 	}
 	w := &worker{spec: spec, hist: make([]int64, histBuckets), perEv: make([]int64, maxEvents), closes: map[int]int{}}
+	if spec.Presence {
+		w.presence = newPresenceSets(spec.N, spec.Users/spec.Rooms)
+	}
 	s := &server{secret: spec.Secret}
 	w.tokens = make([]string, spec.Users)
 	for u := range w.tokens {
@@ -216,6 +227,9 @@ func (w *worker) open() {
 		}
 		for range max(loops, 1) {
 			p, err := newWSPoller(interval, w.onEvent, w.onClose)
+			if w.presence != nil {
+				p.onMessage = w.presence.message
+			}
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "worker: epoll:", err)
 				os.Exit(2)
@@ -273,12 +287,16 @@ func (w *worker) report() workerReport {
 	for c, n := range w.closes {
 		codes = append(codes, fmt.Sprintf("%d:%d", c, n))
 	}
-	return workerReport{
+	r := workerReport{
 		Opened: w.opened, Failed: w.failed, FirstErr: w.firstEr,
 		Events: w.events.Load(), Gaps: w.gaps.Load(), Dups: w.dups.Load(), Closed: w.closed.Load(),
 		Closes: strings.Join(codes, ","), Latency: loadAll(w.hist), PerEvent: trimZeros(loadAll(w.perEv)),
 		Commit: w.commit, OpenMs: w.openDur.Milliseconds(), CPUms: selfCPU().Milliseconds(), Goroutine: numGoroutine(),
 	}
+	if w.presence != nil {
+		r.PresenceRight = w.presence.right.Load()
+	}
+	return r
 }
 
 // onEvent checks order and records latency from the "t" (ns) in the data.
@@ -370,7 +388,7 @@ func jsonInt(msg []byte, key string) int64 {
 // reads it from then on.
 func (w *worker) openWS(token, room string, g int) (io.Closer, error) {
 	join := []byte(`{"event":"join_project","data":{"projectId":"` + room + `"},"ack":1}`)
-	c, err := w.ws[g%len(w.ws)].dial(w.spec.Addr, "/ws?token="+token, localAddr(g), join, 30*time.Second)
+	c, err := w.ws[g%len(w.ws)].dial(w.spec.Addr, "/ws?token="+token, localAddr(g), join, g-w.spec.Offset, 30*time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -402,6 +420,7 @@ func (w *worker) openSSE(token, room string, g int) (io.Closer, error) {
 		}
 	}
 	c.SetReadDeadline(time.Time{})
+	i := g - w.spec.Offset
 	go func() {
 		var last int64
 		for {
@@ -410,7 +429,10 @@ func (w *worker) openSSE(token, room string, g int) (io.Closer, error) {
 				w.onClose(0) // SSE has no close code: the stream ended
 				return
 			}
-			if bytes.HasPrefix(line, []byte("data: ")) {
+			if data, ok := bytes.CutPrefix(line, []byte("data: ")); ok {
+				if w.presence != nil && w.presence.message(i, data) {
+					continue
+				}
 				w.onEvent(line, &last, time.Now())
 			}
 		}

@@ -94,6 +94,9 @@ type wsPoller struct {
 	stopped  sync.Once
 	onEvent  func(msg []byte, last *int64, now time.Time)
 	onClose  func(code int)
+	// onMessage, when set, sees every data message first, the join reply
+	// included, with the connection's tag; true means it was consumed.
+	onMessage func(tag int, msg []byte) bool
 
 	mu sync.Mutex
 	// conns is indexed by connection id, the epoll data: ids are never
@@ -105,9 +108,10 @@ type wsPoller struct {
 // wsConn is one connection's state. Whoever uses fd holds mu: the loop while
 // it reads, a handshake, Close.
 type wsConn struct {
-	p  *wsPoller
-	id int // index in p.conns; -1 until registered
-	fd int
+	p   *wsPoller
+	id  int // index in p.conns; -1 until registered
+	tag int // the dialer's number for it (onMessage)
+	fd  int
 	// conn is the dialed connection until the handshake is done, then nil
 	// (see detach). Kept referenced while set: its finalizer would close fd.
 	conn *net.TCPConn
@@ -371,7 +375,7 @@ func (p *wsPoller) closeLocked(c *wsConn) {
 // contain "joined_project"; then the poller reads the connection. The
 // handshake is done here on the raw connection, not by gorilla, so that no
 // byte after the join reply can be left in a reader the poller never sees.
-func (p *wsPoller) dial(addr, path string, laddr *net.TCPAddr, join []byte, timeout time.Duration) (*wsConn, error) {
+func (p *wsPoller) dial(addr, path string, laddr *net.TCPAddr, join []byte, tag int, timeout time.Duration) (*wsConn, error) {
 	d := net.Dialer{LocalAddr: laddr, Timeout: timeout}
 	nc, err := d.Dial("tcp", addr)
 	if err != nil {
@@ -382,6 +386,7 @@ func (p *wsPoller) dial(addr, path string, laddr *net.TCPAddr, join []byte, time
 		nc.Close()
 		return nil, err
 	}
+	c.tag = tag
 	c.mu.Lock()
 	err = c.handshake(addr, path, join, timeout)
 	switch {
@@ -701,6 +706,12 @@ func (c *wsConn) message(msg []byte, now time.Time) error {
 			return fmt.Errorf("not joined: %.100s", msg)
 		}
 		c.joined = true
+		if c.p.onMessage != nil {
+			c.p.onMessage(c.tag, msg)
+		}
+		return nil
+	}
+	if c.p.onMessage != nil && c.p.onMessage(c.tag, msg) {
 		return nil
 	}
 	c.p.onEvent(msg, &c.last, now)

@@ -17,7 +17,9 @@ var errNeedsLinux = errors.New("the WebSocket load generator needs Linux (epoll)
 
 const defaultPollInterval = 1 * time.Millisecond // as on Linux; unused here
 
-type wsPoller struct{}
+type wsPoller struct {
+	onMessage func(tag int, msg []byte) bool
+}
 
 type wsConn struct{}
 
@@ -27,6 +29,6 @@ func newWSPoller(time.Duration, func(msg []byte, last *int64, now time.Time), fu
 	return nil, errNeedsLinux
 }
 
-func (*wsPoller) dial(string, string, *net.TCPAddr, []byte, time.Duration) (*wsConn, error) {
+func (*wsPoller) dial(string, string, *net.TCPAddr, []byte, int, time.Duration) (*wsConn, error) {
 	return nil, errNeedsLinux
 }

@@ -343,7 +343,7 @@ func testDialEndToEnd(t *testing.T, interval time.Duration) {
 	r := &recorder{}
 	p := startPoller(t, interval, r.onEvent, r.onClose)
 	join := []byte(`{"event":"join_project","data":{"projectId":"room-0"},"ack":1}`)
-	c, err := p.dial(addr, "/ws?token=tok", localAddr(0), join, 5*time.Second)
+	c, err := p.dial(addr, "/ws?token=tok", localAddr(0), join, 0, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,10 +389,10 @@ func TestDialRejects(t *testing.T) {
 	r := &recorder{}
 	p := startPoller(t, defaultPollInterval, r.onEvent, r.onClose)
 	join := []byte(`{"event":"join_project"}`)
-	if _, err := p.dial(addr, "/ws?token=bad", localAddr(1), join, 5*time.Second); err == nil || !strings.Contains(err.Error(), "401") {
+	if _, err := p.dial(addr, "/ws?token=bad", localAddr(1), join, 0, 5*time.Second); err == nil || !strings.Contains(err.Error(), "401") {
 		t.Fatalf("bad token: %v", err)
 	}
-	if _, err := p.dial(addr, "/ws?token=tok", localAddr(1), join, 5*time.Second); err == nil || !strings.Contains(err.Error(), "not joined") {
+	if _, err := p.dial(addr, "/ws?token=tok", localAddr(1), join, 0, 5*time.Second); err == nil || !strings.Contains(err.Error(), "not joined") {
 		t.Fatalf("no join reply: %v", err)
 	}
 	p.mu.Lock()
@@ -440,7 +440,7 @@ func TestPollerCloseRace(t *testing.T) {
 	open := func(k int) []*wsConn {
 		var cs []*wsConn
 		for i := range k {
-			c, err := p.dial(addr, "/ws?token=tok", localAddr(i), join, 5*time.Second)
+			c, err := p.dial(addr, "/ws?token=tok", localAddr(i), join, 0, 5*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -532,7 +532,7 @@ func TestDialOneWrite(t *testing.T) {
 	}()
 	r := &recorder{}
 	p := startPoller(t, defaultPollInterval, r.onEvent, r.onClose)
-	c, err := p.dial(ln.Addr().String(), "/ws", localAddr(0), []byte(`{}`), 5*time.Second)
+	c, err := p.dial(ln.Addr().String(), "/ws", localAddr(0), []byte(`{}`), 0, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -577,7 +577,7 @@ func TestCloseWhileOnClose(t *testing.T) {
 		closes[code]++
 		workerMu.Unlock()
 	})
-	c, err := p.dial(addr, "/ws?token=tok", localAddr(0), []byte(`{"event":"join_project"}`), 5*time.Second)
+	c, err := p.dial(addr, "/ws?token=tok", localAddr(0), []byte(`{"event":"join_project"}`), 0, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -845,7 +845,7 @@ func TestPollerBatches(t *testing.T) {
 	})
 	r := &recorder{}
 	p := startPoller(t, interval, r.onEvent, r.onClose)
-	c, err := p.dial(addr, "/ws?token=tok", localAddr(0), []byte(`{"event":"join_project"}`), 5*time.Second)
+	c, err := p.dial(addr, "/ws?token=tok", localAddr(0), []byte(`{"event":"join_project"}`), 0, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -966,7 +966,7 @@ func TestDialDetaches(t *testing.T) {
 		return nil
 	})
 	p := startPoller(t, defaultPollInterval, func([]byte, *int64, time.Time) {}, func(int) {})
-	c, err := p.dial(addr, "/ws?token=tok", localAddr(0), []byte(`{"event":"join_project"}`), 5*time.Second)
+	c, err := p.dial(addr, "/ws?token=tok", localAddr(0), []byte(`{"event":"join_project"}`), 0, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -154,16 +154,34 @@ func presenceAPI(t testing.TB, s *testServer, projectID, token string) []string 
 
 func same(got []string, want ...string) bool { return slices.Equal(got, want) }
 
+// watching names a client that keeps presence messages.
+func watching(name string) dialOpt {
+	return func(c *dialConfig) { named(name)(c); seePresence()(c) }
+}
+
+// waitRows waits until the database holds n presence rows of the project:
+// an instance writes its rows just after the joins, so another instance's
+// join lists a user only once its row is there (before, it hears
+// user_online instead).
+func (e *pgEnv) waitRows(t testing.TB, projectID string, n int) {
+	t.Helper()
+	eventually(t, waitTimeout, fmt.Sprintf("%d presence rows of %s", n, projectID), func() bool {
+		var got int
+		err := e.db.QueryRow(`SELECT count(*) FROM push_presence WHERE project_id = $1`, projectID).Scan(&got)
+		return err == nil && got == n
+	})
+}
+
 // The list at join, arrivals, a second connection, departures after the
 // grace and a reconnect inside it, on WebSocket.
 func TestPresenceWebSocket(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, "PRESENCE_GRACE_MS=1500")
-	alice := dialWS(t, s, s.named(t, "alice", "Alice", "p1"), named("alice"))
+	alice := dialWS(t, s, s.named(t, "alice", "Alice", "p1"), watching("alice"))
 	if got := wsJoinOnline(t, alice, "p1"); !same(got, "alice:Alice") {
 		t.Fatalf("alice's list %v, want herself", got)
 	}
-	bob := dialWS(t, s, s.named(t, "bob", "", "p1"), named("bob"))
+	bob := dialWS(t, s, s.named(t, "bob", "", "p1"), watching("bob"))
 	if got := wsJoinOnline(t, bob, "p1"); !same(got, "alice:Alice", "bob:null") {
 		t.Fatalf("bob's list %v", got)
 	}
@@ -175,7 +193,7 @@ func TestPresenceWebSocket(t *testing.T) {
 
 	// Alice's second connection, named otherwise: nobody hears of it, and
 	// the name she came online with stands.
-	alice2 := dialWS(t, s, s.named(t, "alice", "Alice B.", "p1"), named("alice2"))
+	alice2 := dialWS(t, s, s.named(t, "alice", "Alice B.", "p1"), watching("alice2"))
 	if got := wsJoinOnline(t, alice2, "p1"); !same(got, "alice:Alice", "bob:null") {
 		t.Fatalf("alice2's list %v", got)
 	}
@@ -185,7 +203,7 @@ func TestPresenceWebSocket(t *testing.T) {
 	alice2.Conn.Close(websocket.StatusNormalClosure, "")
 	// Bob goes and comes back within the grace: nothing at all.
 	bob.Conn.Close(websocket.StatusNormalClosure, "")
-	bob = dialWS(t, s, s.named(t, "bob", "", "p1"), named("bob again"))
+	bob = dialWS(t, s, s.named(t, "bob", "", "p1"), watching("bob again"))
 	if got := wsJoinOnline(t, bob, "p1"); !same(got, "alice:Alice", "bob:null") {
 		t.Fatalf("bob's list after his reconnect %v", got)
 	}
@@ -193,11 +211,11 @@ func TestPresenceWebSocket(t *testing.T) {
 
 	// Bob leaves the project (his connection stays): offline after the
 	// grace; during it, the API and a join still list him.
+	left := time.Now() // before the server can start the grace
 	if m := bob.call(t, "leave_project", map[string]any{"projectId": "p1"}); m["event"] != "left_project" {
 		t.Fatalf("leave: %v", m)
 	}
-	left := time.Now()
-	carol := dialWS(t, s, s.named(t, "carol", "Carol", "p1"), named("carol"))
+	carol := dialWS(t, s, s.named(t, "carol", "Carol", "p1"), watching("carol"))
 	if got := wsJoinOnline(t, carol, "p1"); !same(got, "alice:Alice", "bob:null", "carol:Carol") {
 		t.Fatalf("carol's list during bob's grace %v", got)
 	}
@@ -229,7 +247,7 @@ func TestPresenceSSE(t *testing.T) {
 			t.Fatalf("alice's list of %s: %v", p, got)
 		}
 	}
-	bob := dialWS(t, s, s.named(t, "bob", "Bob", "p1"), named("bob"))
+	bob := dialWS(t, s, s.named(t, "bob", "Bob", "p1"), watching("bob"))
 	if got := wsJoinOnline(t, bob, "p1"); !same(got, "alice:Alice", "bob:Bob") {
 		t.Fatalf("bob's list %v", got)
 	}
@@ -252,7 +270,7 @@ func TestPresenceSSE(t *testing.T) {
 	bobSSE.close()
 	expectPresence(t, "alice", ssePresence(t, alice), "user_offline", "p1", "bob")
 	// Alice's own stream going: a WebSocket member hears it.
-	carol := dialWS(t, s, s.named(t, "carol", "Carol", "p2"), named("carol"))
+	carol := dialWS(t, s, s.named(t, "carol", "Carol", "p2"), watching("carol"))
 	if got := wsJoinOnline(t, carol, "p2"); !same(got, "alice:Alice", "carol:Carol") {
 		t.Fatalf("carol's list %v", got)
 	}
@@ -263,7 +281,7 @@ func TestPresenceSSE(t *testing.T) {
 // openPresenceSSE opens a stream and reads its retry: block.
 func openPresenceSSE(t testing.TB, s *testServer, projects, token string) *sseConn {
 	t.Helper()
-	c := openSSE(t, s, "/sse?projects="+projects, token, nil)
+	c := openSSEWith(t, s, "/sse?projects="+projects, token, nil, true)
 	if m, _ := c.read(t); m.Retry == "" {
 		t.Fatalf("first message %v, want retry", m)
 	}
@@ -286,12 +304,12 @@ func (c *sseConn) nextMessage(d time.Duration) (sseMsg, bool, bool) {
 func TestPresenceService(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, "PRESENCE_GRACE_MS=300")
-	alice := dialWS(t, s, s.named(t, "alice", "Alice", "p1"), named("alice"))
+	alice := dialWS(t, s, s.named(t, "alice", "Alice", "p1"), watching("alice"))
 	wsJoinOnline(t, alice, "p1")
 	// Embedded mode: a token's projects claim is its access, the
 	// service's too.
 	svcTok := s.token(t, auth.Claims{UserID: "backend", Role: auth.RoleService, Projects: []string{"p1", "empty"}}, time.Hour)
-	svc := dialWS(t, s, svcTok, named("service"))
+	svc := dialWS(t, s, svcTok, watching("service"))
 	if got := wsJoinOnline(t, svc, "p1"); !same(got, "alice:Alice") {
 		t.Fatalf("the service's list %v, want alice only", got)
 	}
@@ -304,11 +322,11 @@ func TestPresenceService(t *testing.T) {
 	svcSSE.close()
 	alice.expectSilence(t, 700*time.Millisecond)
 	// A service connection in an empty project gets an empty list.
-	svc2 := dialWS(t, s, svcTok, named("service 2"))
+	svc2 := dialWS(t, s, svcTok, watching("service 2"))
 	if got := svc2.join(t, "empty")["online"]; got == nil || len(got.([]any)) != 0 {
 		t.Fatalf("online of an empty project %v, want []", got)
 	}
-	bob := dialWS(t, s, s.named(t, "bob", "Bob", "p1"), named("bob"))
+	bob := dialWS(t, s, s.named(t, "bob", "Bob", "p1"), watching("bob"))
 	wsJoinOnline(t, bob, "p1")
 	expectPresence(t, "alice", wsPresence(t, alice), "user_online", "p1", "bob")
 	if got := presenceAPI(t, s, "p1", s.serviceToken(t)); !same(got, "alice:Alice:1", "bob:Bob:1") {
@@ -344,7 +362,7 @@ func TestPresenceAPI(t *testing.T) {
 	}
 	sc := openPresenceSSE(t, s, "p1", s.named(t, "alice", "Alice", "p1"))
 	sc.expectJoined(t, "p1")
-	dialWS(t, s, s.named(t, "bob", "Bob", "p1"), named("bob, not joined"))
+	dialWS(t, s, s.named(t, "bob", "Bob", "p1"), watching("bob, not joined"))
 	for _, tok := range []string{
 		s.named(t, "alice", "Alice", "p1"),
 		s.token(t, auth.Claims{UserID: "root", Role: "admin"}, time.Minute),
@@ -377,11 +395,12 @@ func TestPGPresenceTwoInstances(t *testing.T) {
 	a := e.start(t, "PRESENCE_GRACE_MS=1000")
 	b := e.start(t, "PRESENCE_GRACE_MS=1000")
 
-	alice := dialWS(t, a, a.named(t, "alice", "Alice"), named("alice@A"))
+	alice := dialWS(t, a, a.named(t, "alice", "Alice"), watching("alice@A"))
 	if got := wsJoinOnline(t, alice, "p1"); !same(got, "alice:Alice") {
 		t.Fatalf("alice's list %v", got)
 	}
-	bob := dialWS(t, b, b.named(t, "bob", ""), named("bob@B"))
+	e.waitRows(t, "p1", 1)
+	bob := dialWS(t, b, b.named(t, "bob", ""), watching("bob@B"))
 	if got := wsJoinOnline(t, bob, "p1"); !same(got, "alice:Alice", "bob:Bob Row") {
 		t.Fatalf("bob's list on B %v, want alice from A and his users.name", got)
 	}
@@ -392,7 +411,7 @@ func TestPGPresenceTwoInstances(t *testing.T) {
 	}
 	// Bob on A too: nobody hears of it; the API counts both instances
 	// (counts of the other instance are written within a second).
-	bob2 := dialWS(t, a, a.named(t, "bob", ""), named("bob@A"))
+	bob2 := dialWS(t, a, a.named(t, "bob", ""), watching("bob@A"))
 	wsJoinOnline(t, bob2, "p1")
 	for _, s := range []*testServer{a, b} {
 		eventually(t, waitTimeout, "the API to count bob's two connections", func() bool {
@@ -406,7 +425,7 @@ func TestPGPresenceTwoInstances(t *testing.T) {
 		return same(presenceAPI(t, b, "p1", b.serviceToken(t)), "alice:Alice:1", "bob:Bob Row:1")
 	})
 	// Alice leaves A: bob on A and a member on B hear it after the grace.
-	watcher := dialWS(t, b, b.named(t, "bob", ""), named("bob@B again"))
+	watcher := dialWS(t, b, b.named(t, "bob", ""), watching("bob@B again"))
 	wsJoinOnline(t, watcher, "p1")
 	alice.Conn.Close(websocket.StatusNormalClosure, "")
 	expectPresence(t, "bob@A", wsPresence(t, bob2), "user_offline", "p1", "alice")
@@ -431,9 +450,10 @@ func TestPGPresenceKilledInstance(t *testing.T) {
 	env := []string{"PRESENCE_GRACE_MS=1000", fmt.Sprintf("PRESENCE_TTL_MS=%d", ttl.Milliseconds())}
 	a := e.start(t, env...)
 	b := e.start(t, env...)
-	alice := dialWS(t, a, a.named(t, "alice", ""), named("alice@A"))
+	alice := dialWS(t, a, a.named(t, "alice", ""), watching("alice@A"))
 	wsJoinOnline(t, alice, "p1")
-	bob := dialWS(t, b, b.named(t, "bob", ""), named("bob@B"))
+	e.waitRows(t, "p1", 1)
+	bob := dialWS(t, b, b.named(t, "bob", ""), watching("bob@B"))
 	if got := wsJoinOnline(t, bob, "p1"); !same(got, "alice:Alice", "bob:Bob") {
 		t.Fatalf("bob's list %v", got)
 	}
@@ -446,7 +466,7 @@ func TestPGPresenceKilledInstance(t *testing.T) {
 		t.Fatalf("user_offline %v after the kill, want within PRESENCE_TTL_MS %v", d, ttl)
 	}
 	t.Logf("bob offline %v after his instance was killed", time.Since(killed).Round(time.Millisecond))
-	carol := dialWS(t, a, a.named(t, "carol", ""), named("carol@A"))
+	carol := dialWS(t, a, a.named(t, "carol", ""), watching("carol@A"))
 	if got := wsJoinOnline(t, carol, "p1"); !same(got, "alice:Alice", "carol:Carol") {
 		t.Fatalf("carol's list after the kill %v", got)
 	}
@@ -465,9 +485,10 @@ func TestPGPresenceRevoked(t *testing.T) {
 	e.exec(t, `INSERT INTO project_roles (project_id, user_id, role) VALUES ('p1', 'alice', 'storyteller'), ('p1', 'bob', 'facilitator')`)
 	a := e.start(t, "PRESENCE_GRACE_MS=500")
 	b := e.start(t, "PRESENCE_GRACE_MS=500")
-	alice := dialWS(t, a, a.named(t, "alice", ""), named("alice@A"))
+	alice := dialWS(t, a, a.named(t, "alice", ""), watching("alice@A"))
 	wsJoinOnline(t, alice, "p1")
-	bob := dialWS(t, b, b.named(t, "bob", ""), named("bob@B"))
+	e.waitRows(t, "p1", 1)
+	bob := dialWS(t, b, b.named(t, "bob", ""), watching("bob@B"))
 	wsJoinOnline(t, bob, "p1")
 	expectPresence(t, "alice", wsPresence(t, alice), "user_online", "p1", "bob")
 	e.exec(t, `DELETE FROM project_roles WHERE project_id = 'p1' AND user_id = 'bob'`)
@@ -491,9 +512,10 @@ func TestPGPresenceListenerReconnect(t *testing.T) {
 	e.exec(t, `INSERT INTO project_roles (project_id, user_id, role) VALUES ('p1', 'alice', 'storyteller'), ('p1', 'bob', 'facilitator'), ('p1', 'carol', 'facilitator')`)
 	a := e.start(t)
 	b := e.start(t)
-	alice := dialWS(t, a, a.named(t, "alice", ""), named("alice@A"))
+	alice := dialWS(t, a, a.named(t, "alice", ""), watching("alice@A"))
 	wsJoinOnline(t, alice, "p1")
-	bob := dialWS(t, b, b.named(t, "bob", ""), named("bob@B"))
+	e.waitRows(t, "p1", 1)
+	bob := dialWS(t, b, b.named(t, "bob", ""), watching("bob@B"))
 	wsJoinOnline(t, bob, "p1")
 	expectPresence(t, "alice", wsPresence(t, alice), "user_online", "p1", "bob")
 	reads := a.metric(t, "sagapush_presence_db_reads_total")
@@ -506,7 +528,7 @@ func TestPGPresenceListenerReconnect(t *testing.T) {
 	})
 	alice.expectSilence(t, time.Second)
 	bob.expectSilence(t, 10*time.Millisecond)
-	carol := dialWS(t, b, b.named(t, "carol", ""), named("carol@B"))
+	carol := dialWS(t, b, b.named(t, "carol", ""), watching("carol@B"))
 	wsJoinOnline(t, carol, "p1")
 	expectPresence(t, "alice", wsPresence(t, alice), "user_online", "p1", "carol")
 	expectPresence(t, "bob", wsPresence(t, bob), "user_online", "p1", "carol")
@@ -523,7 +545,7 @@ func TestPGPresenceWritesTransitionsOnly(t *testing.T) {
 	e.exec(t, `INSERT INTO project_roles (project_id, user_id, role) VALUES ('p1', 'alice', 'storyteller')`)
 	// A long TTL: no lease renewal falls inside the test.
 	a := e.start(t, "PRESENCE_TTL_MS=600000")
-	alice := dialWS(t, a, a.named(t, "alice", ""), named("alice"))
+	alice := dialWS(t, a, a.named(t, "alice", ""), watching("alice"))
 	wsJoinOnline(t, alice, "p1")
 	eventually(t, waitTimeout, "alice's row", func() bool {
 		var n int
@@ -532,7 +554,7 @@ func TestPGPresenceWritesTransitionsOnly(t *testing.T) {
 	})
 	writes := a.metric(t, "sagapush_presence_db_writes_total")
 	for i := range 20 {
-		c := dialWS(t, a, a.named(t, "alice", ""), named(fmt.Sprint("alice ", i)))
+		c := dialWS(t, a, a.named(t, "alice", ""), watching(fmt.Sprint("alice ", i)))
 		wsJoinOnline(t, c, "p1")
 		c.Conn.Close(websocket.StatusNormalClosure, "")
 	}

@@ -52,13 +52,18 @@ type sseConn struct {
 // one optional space after the colon, blank line dispatch), sending each
 // message, retry block and comment to out. It returns the read error
 // (io.EOF at a clean end) and the first line read.
-func sseParse(r io.Reader, out chan<- sseMsg, first *string, stop <-chan struct{}) error {
+// Presence messages are dropped unless keepPresence: they come whenever a
+// user arrives or leaves, and only presence tests look for them.
+func sseParse(r io.Reader, out chan<- sseMsg, first *string, stop <-chan struct{}, keepPresence bool) error {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var cur sseMsg
 	var data []string
 	var fields int
 	lines := 0
 	emit := func(m sseMsg) bool {
+		if !keepPresence && (m.Event == "user_online" || m.Event == "user_offline") {
+			return true
+		}
 		select {
 		case out <- m:
 			return true
@@ -116,6 +121,13 @@ func sseParse(r io.Reader, out chan<- sseMsg, first *string, stop <-chan struct{
 // unless the answer is 200.
 func openSSE(t testing.TB, s *testServer, path, token string, h http.Header) *sseConn {
 	t.Helper()
+	return openSSEWith(t, s, path, token, h, false)
+}
+
+// openSSEWith is openSSE; keepPresence keeps presence messages (presence
+// tests), which the other tests do not see.
+func openSSEWith(t testing.TB, s *testServer, path, token string, h http.Header, keepPresence bool) *sseConn {
+	t.Helper()
 	resp := s.requestHeaders(t, "GET", path, token, nil, h)
 	if resp.StatusCode != http.StatusOK {
 		body := readBody(t, resp)
@@ -125,7 +137,7 @@ func openSSE(t testing.TB, s *testServer, path, token string, h http.Header) *ss
 	stop := make(chan struct{})
 	go func() {
 		defer close(c.done)
-		c.err = sseParse(resp.Body, c.msgs, &c.firstLine, stop)
+		c.err = sseParse(resp.Body, c.msgs, &c.firstLine, stop, keepPresence)
 	}()
 	t.Cleanup(func() {
 		close(stop)

@@ -5,6 +5,7 @@ package e2e
 // checking the answers of docs/protocol.md section 4.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -39,6 +40,8 @@ type wsClient struct {
 	autoOn sync.Once
 	cancel context.CancelFunc
 	acks   atomic.Int64
+	// presence: keep presence messages (seePresence).
+	presence bool
 }
 
 type dialConfig struct {
@@ -48,6 +51,7 @@ type dialConfig struct {
 	tokenHeader bool
 	manual      bool
 	name        string
+	presence    bool
 }
 
 type dialOpt func(*dialConfig)
@@ -80,6 +84,11 @@ func manualRead() dialOpt { return func(c *dialConfig) { c.manual = true } }
 // named labels the client in failure messages.
 func named(n string) dialOpt { return func(c *dialConfig) { c.name = n } }
 
+// seePresence keeps presence messages, which a client drops by default:
+// they come whenever a user arrives or leaves, and only presence tests look
+// for them.
+func seePresence() dialOpt { return func(c *dialConfig) { c.presence = true } }
+
 // tryDialWS dials /ws and returns the handshake's error and response (with
 // up to 1 KiB of body on failure) instead of failing the test.
 func tryDialWS(t testing.TB, s *testServer, token string, opts ...dialOpt) (*wsClient, *http.Response, error) {
@@ -109,7 +118,7 @@ func tryDialWS(t testing.TB, s *testServer, token string, opts ...dialOpt) (*wsC
 	rctx, rcancel := context.WithCancel(context.Background())
 	c := &wsClient{
 		Conn: conn, Resp: resp, name: cfg.name,
-		msgs: make(chan wsMsg, 8192), done: make(chan struct{}),
+		msgs: make(chan wsMsg, 8192), done: make(chan struct{}), presence: cfg.presence,
 		want: make(chan struct{}, 1), auto: make(chan struct{}), cancel: rcancel,
 	}
 	if c.name == "" {
@@ -144,10 +153,14 @@ func dialWS(t testing.TB, s *testServer, token string, opts ...dialOpt) *wsClien
 
 func (c *wsClient) readLoop(ctx context.Context) {
 	defer close(c.done)
+	dropped := false // a dropped message does not spend a manual read
 	for {
 		select {
 		case <-c.auto:
 		default:
+			if dropped {
+				break
+			}
 			select {
 			case <-c.want:
 			case <-c.auto:
@@ -160,6 +173,9 @@ func (c *wsClient) readLoop(ctx context.Context) {
 		if err != nil {
 			c.err = err
 			return
+		}
+		if dropped = !c.presence && isPresence(b); dropped {
+			continue
 		}
 		select {
 		case c.msgs <- wsMsg{typ, b}:
@@ -406,4 +422,10 @@ func (c *wsClient) expectEvent(t testing.TB, projectID string, seq int64) map[st
 		}
 	}
 	return m
+}
+
+// isPresence tells a presence message by its first bytes: the server
+// writes "event" first.
+func isPresence(b []byte) bool {
+	return bytes.HasPrefix(b, []byte(`{"event":"user_online"`)) || bytes.HasPrefix(b, []byte(`{"event":"user_offline"`))
 }

@@ -43,7 +43,7 @@ func (t *Tracker) graceLoop() {
 		for n < len(t.g.queue) && !t.g.queue[n].at.After(now) {
 			d := t.g.queue[n]
 			if p := t.projects[d.project]; p != nil {
-				if lu := p.local[d.user]; lu != nil && lu.n == 0 && lu.departure == d.serial {
+				if e := p.find(d.user); e != nil && e.n == 0 && e.departure == d.serial {
 					t.departLocked(p, d.user)
 				}
 			}

@@ -106,7 +106,7 @@ func (t *Tracker) readLoop() {
 			}
 			t.mu.Lock()
 			for _, id := range ids {
-				t.applyLocked(id, ticket, byProject[id])
+				t.applyLocked(id, ticket, byProject[id], true)
 			}
 			t.mu.Unlock()
 		}
@@ -115,38 +115,38 @@ func (t *Tracker) readLoop() {
 
 // applyLocked takes a read of the project's rows on other instances,
 // unless a read that started later was applied already, and announces what
-// changed. mu is held.
-func (t *Tracker) applyLocked(projectID string, ticket uint64, rows []Row) {
-	t.applyAndAnnounce(projectID, ticket, rows, true)
-}
-
-// applyAndAnnounce is applyLocked; announce false takes the read silently
-// (a room's first read, before any member: its first join lists them).
-func (t *Tracker) applyAndAnnounce(projectID string, ticket uint64, rows []Row, announce bool) {
+// changed, unless quiet (a room's first read, before any member: its first
+// join lists them). mu is held.
+func (t *Tracker) applyLocked(projectID string, ticket uint64, rows []Row, announce bool) {
 	p := t.projects[projectID]
 	if p == nil || !p.watched || ticket <= p.loaded {
 		return
 	}
 	p.loaded = ticket
-	old := p.remote
-	p.remote = make(map[string]remoteUser, len(rows))
-	for _, r := range rows {
-		ru := p.remote[r.User]
-		if ru.conns == 0 && ru.name == "" {
-			ru.name = r.Name
-		}
-		ru.conns += r.Conns
-		p.remote[r.User] = ru
-	}
 	watched := p.watched
 	p.watched = announce // updateLocked announces to watched projects only
-	for u := range old {
-		if _, ok := p.remote[u]; !ok {
-			t.updateLocked(p, u)
+	defer func() { p.watched = watched }()
+	// Sum the rows per user into remote, marking who was seen.
+	seen := make(map[string]int32, len(rows))
+	for _, r := range rows {
+		seen[r.User] += int32(r.Conns)
+		if p.find(r.User) == nil {
+			p.add(r.User, r.Name)
 		}
 	}
-	for u := range p.remote {
+	var changed []string
+	for i := range p.users {
+		e := &p.users[i]
+		c, ok := seen[e.user]
+		if !ok {
+			c = -1
+		}
+		if (e.remote >= 0) != (c >= 0) {
+			changed = append(changed, e.user)
+		}
+		e.remote = c
+	}
+	for _, u := range changed {
 		t.updateLocked(p, u)
 	}
-	p.watched = watched
 }

@@ -17,7 +17,6 @@ package presence
 import (
 	"context"
 	"log/slog"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -63,35 +62,6 @@ type Tracker struct {
 	g        graces          // departures waiting for their grace (grace.go)
 
 	outSig chan struct{}
-}
-
-// project is what the tracker knows of one project.
-type project struct {
-	id string
-	// watched: the project has a room here, whose members are told of
-	// changes; remote is kept fresh only then.
-	watched bool
-	loaded  uint64 // ticket of the last remote read applied; 0: none
-	local   map[string]*localUser
-	remote  map[string]remoteUser
-	// online is the online set the members here were told (or would
-	// have been: it is kept when nobody is watching too), user -> name.
-	online map[string]string
-}
-
-// localUser is a user with members here, or in its grace (n == 0).
-type localUser struct {
-	n    int32
-	name string
-	// departure is the serial of the departure whose grace this user
-	// waits out; 0 while it has members.
-	departure uint64
-}
-
-// remoteUser is a user online on other instances, as last read.
-type remoteUser struct {
-	name  string
-	conns int
 }
 
 // New returns a tracker; Start begins its background work.
@@ -154,16 +124,15 @@ func (t *Tracker) Close(ctx context.Context) {
 func (t *Tracker) get(id string) *project {
 	p := t.projects[id]
 	if p == nil {
-		p = &project{id: id, local: make(map[string]*localUser), online: make(map[string]string)}
+		p = &project{id: id}
 		t.projects[id] = p
 	}
 	return p
 }
 
-// forget drops a project nobody watches and nobody is online in here.
-// mu is held.
+// forget drops a project nobody watches and nobody is in here. mu is held.
 func (t *Tracker) forget(p *project) {
-	if !p.watched && len(p.local) == 0 {
+	if !p.watched && len(p.users) == 0 {
 		delete(t.projects, p.id)
 	}
 }
@@ -194,10 +163,11 @@ func (t *Tracker) Watch(ctx context.Context, projectID string) {
 		signal(t.r.sig)
 		return
 	}
-	t.applyAndAnnounce(projectID, ticket, rows, false)
+	t.applyLocked(projectID, ticket, rows, false)
 }
 
-// Unwatch is told that the project's room closed here.
+// Unwatch is told that the project's room closed here: other instances'
+// users are forgotten until it opens again.
 func (t *Tracker) Unwatch(projectID string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -205,10 +175,11 @@ func (t *Tracker) Unwatch(projectID string) {
 	if p == nil {
 		return
 	}
-	p.watched, p.loaded, p.remote = false, 0, nil
-	for u := range p.online {
-		if p.local[u] == nil {
-			delete(p.online, u)
+	p.watched, p.loaded = false, 0
+	for i := len(p.users) - 1; i >= 0; i-- {
+		if e := &p.users[i]; e.remote >= 0 {
+			e.remote = -1
+			t.updateLocked(p, e.user)
 		}
 	}
 	t.forget(p)
@@ -220,17 +191,24 @@ func (t *Tracker) Joined(projectID string, u *hub.User) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	p := t.get(projectID)
-	lu := p.local[u.ID]
-	if lu == nil {
-		lu = &localUser{name: u.Name}
-		p.local[u.ID] = lu
+	e := p.find(u.ID)
+	if e == nil {
+		e = p.add(u.ID, u.Name)
+	}
+	switch {
+	case e.n > 0:
+		t.w.mark(key{projectID, u.ID}, false)
+	case e.departure != 0:
+		e.departure = 0 // back within the grace: nothing to say
+		t.w.mark(key{projectID, u.ID}, false)
+	default:
 		t.metrics.users.Inc()
 		t.w.mark(key{projectID, u.ID}, true)
-	} else {
-		lu.departure = 0 // back within the grace: nothing to say
-		t.w.mark(key{projectID, u.ID}, false)
+		if !e.online {
+			e.name = u.Name
+		}
 	}
-	lu.n++
+	e.n++
 	t.updateLocked(p, u.ID)
 }
 
@@ -244,64 +222,59 @@ func (t *Tracker) Left(projectID, userID string) {
 	if p == nil {
 		return
 	}
-	lu := p.local[userID]
-	if lu == nil || lu.n == 0 {
+	e := p.find(userID)
+	if e == nil || e.n == 0 {
 		return
 	}
-	lu.n--
+	e.n--
 	t.w.mark(key{projectID, userID}, false)
-	if lu.n == 0 {
+	if e.n == 0 {
 		if t.opts.Grace <= 0 {
 			t.departLocked(p, userID)
 			return
 		}
-		lu.departure = t.g.add(projectID, userID, time.Now().Add(t.opts.Grace))
+		e.departure = t.g.add(projectID, userID, time.Now().Add(t.opts.Grace))
 	}
 }
 
 // departLocked ends a local user whose grace is over.
 func (t *Tracker) departLocked(p *project, userID string) {
-	delete(p.local, userID)
+	if e := p.find(userID); e != nil {
+		e.departure = 0
+	}
 	t.metrics.users.Dec()
 	t.w.mark(key{p.id, userID}, true)
 	t.updateLocked(p, userID)
 	t.forget(p)
 }
 
-// updateLocked brings the user's entry of the project's online set in line
-// with what is known (here or elsewhere) and announces a change to the
-// room. mu is held.
+// updateLocked brings the user's place in the project's online set in line
+// with what is known (here or elsewhere), announces a change to the room,
+// and drops an entry that holds nothing any more. mu is held.
 func (t *Tracker) updateLocked(p *project, userID string) {
-	name, was := p.online[userID]
-	var now bool
-	if lu := p.local[userID]; lu != nil {
-		now, name = true, choose(was, name, lu.name)
-	} else if ru, ok := p.remote[userID]; ok {
-		now, name = true, choose(was, name, ru.name)
+	e := p.find(userID)
+	if e == nil {
+		return
 	}
+	now := e.local() || e.remote >= 0
 	switch {
-	case now && !was:
-		p.online[userID] = name
-		if p.watched && len(p.online) <= t.opts.MaxUsers {
-			f := hub.Reply(protocol.UserOnline, p.id, protocol.OnlineUser{UserID: userID, UserName: protocol.NameOrNull(name)}, nil)
+	case now && !e.online:
+		e.online = true
+		p.online++
+		if p.watched && p.online <= t.opts.MaxUsers {
+			f := hub.Reply(protocol.UserOnline, p.id, protocol.OnlineUser{UserID: userID, UserName: protocol.NameOrNull(e.name)}, nil)
 			t.announceLocked(hub.Ephemeral{ProjectID: p.id, Except: userID, Name: protocol.UserOnline, JSON: f.JSON})
 		}
-	case !now && was:
-		over := len(p.online) > t.opts.MaxUsers
-		delete(p.online, userID)
+	case !now && e.online:
+		over := p.online > t.opts.MaxUsers
+		e.online = false
+		p.online--
 		if p.watched && !over {
 			f := hub.Reply(protocol.UserOffline, p.id, protocol.OfflineUser{UserID: userID}, nil)
 			t.announceLocked(hub.Ephemeral{ProjectID: p.id, Name: protocol.UserOffline, JSON: f.JSON})
 		}
 	}
-}
-
-// choose keeps the name a user came online with.
-func choose(was bool, old, fresh string) string {
-	if was {
-		return old
-	}
-	return fresh
+	p.removeIdle(userID)
 }
 
 // Online returns the project's online users, sorted by userId, for a
@@ -313,12 +286,14 @@ func (t *Tracker) Online(projectID string) []protocol.OnlineUser {
 	if p == nil {
 		return []protocol.OnlineUser{}
 	}
-	if len(p.online) > t.opts.MaxUsers {
+	if p.online > t.opts.MaxUsers {
 		return nil
 	}
-	out := make([]protocol.OnlineUser, 0, len(p.online))
-	for id, name := range p.online {
-		out = append(out, protocol.OnlineUser{UserID: id, UserName: protocol.NameOrNull(name)})
+	out := make([]protocol.OnlineUser, 0, p.online)
+	for i := range p.users {
+		if e := &p.users[i]; e.online {
+			out = append(out, protocol.OnlineUser{UserID: e.user, UserName: protocol.NameOrNull(e.name)})
+		}
 	}
 	slices.SortFunc(out, func(a, b protocol.OnlineUser) int { return strings.Compare(a.UserID, b.UserID) })
 	return out
@@ -328,7 +303,7 @@ func (t *Tracker) Online(projectID string) []protocol.OnlineUser {
 // instance, for the API. A project with a room here answers with the
 // online set its members were told, so that joins, messages and the API
 // agree; the counts of other instances are read now (they are written at
-// most a second late).
+// most about a second late).
 func (t *Tracker) List(ctx context.Context, projectID string) ([]protocol.PresenceUser, error) {
 	var rows []Row
 	if b := t.opts.Backend; b != nil {
@@ -350,12 +325,18 @@ func (t *Tracker) List(ctx context.Context, projectID string) ([]protocol.Presen
 	p := t.projects[projectID]
 	var users map[string]string // who is listed, with the name
 	if p != nil {
-		for id, lu := range p.local {
-			conns[id] += int(lu.n)
-			names[id] = lu.name
-		}
 		if p.watched {
-			users = maps.Clone(p.online)
+			users = make(map[string]string, p.online)
+		}
+		for i := range p.users {
+			e := &p.users[i]
+			conns[e.user] += int(e.n)
+			switch {
+			case p.watched && e.online:
+				users[e.user] = e.name
+			case !p.watched && e.local():
+				names[e.user] = e.name
+			}
 		}
 	}
 	t.mu.Unlock()

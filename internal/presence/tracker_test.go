@@ -379,3 +379,31 @@ func TestTrackerWritesTransitions(t *testing.T) {
 		return db.rows["A"][Key{"p", "alice"}].Conns == 2
 	})
 }
+
+// A project past indexAbove users finds and drops them through its index,
+// and goes back to scanning when it empties.
+func TestProjectEntries(t *testing.T) {
+	p := &project{id: "p"}
+	for i := range 40 {
+		p.add(fmt.Sprint("u", i), "")
+	}
+	if p.index == nil {
+		t.Fatal("no index past indexAbove users")
+	}
+	for i := 0; i < 40; i += 3 {
+		p.removeIdle(fmt.Sprint("u", i)) // idle: no member, row or remote
+	}
+	for i := range 40 {
+		if got := p.find(fmt.Sprint("u", i)); (got != nil) != (i%3 != 0) || (got != nil && got.user != fmt.Sprint("u", i)) {
+			t.Fatalf("find u%d = %+v", i, got)
+		}
+	}
+	busy := p.find("u1")
+	busy.n = 1
+	for i := range 40 {
+		p.removeIdle(fmt.Sprint("u", i))
+	}
+	if len(p.users) != 1 || p.users[0].user != "u1" || p.index != nil {
+		t.Fatalf("after removing the idle: %+v, index %v", p.users, p.index)
+	}
+}

@@ -16,14 +16,11 @@ type writes struct {
 	// countAt is when a count-only change was first marked since the last
 	// write: it is written within countDelay of it.
 	countAt time.Time
-	// db is this instance's rows as the Backend holds them: user counts.
-	db  map[key]int32
-	sig chan struct{}
+	sig     chan struct{}
 }
 
 func (w *writes) init() {
 	w.dirty = make(map[key]struct{})
-	w.db = make(map[key]int32)
 	w.sig = make(chan struct{}, 1)
 }
 
@@ -127,31 +124,36 @@ func (t *Tracker) writeLoop() {
 			continue
 		}
 		lastWrite, backoff = time.Now(), 0
+		t.metrics.rows.Add(float64(len(set) + len(del)))
 		t.wrote(set, del)
 		timer.Reset(t.renewEvery())
 	}
 }
 
 // takeWrites takes the dirty rows whose wanted state differs from the
-// Backend's: rows to set (with their counts) and rows to delete.
+// Backend's (entry.db): rows to set, with their counts, and rows to delete.
 func (t *Tracker) takeWrites() (set []Row, del []Key, taken []key) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for k := range t.w.dirty {
 		taken = append(taken, k)
-		have, inDB := t.w.db[k]
-		var lu *localUser
+		var e *entry
 		if p := t.projects[k.Project]; p != nil {
-			lu = p.local[k.User]
+			e = p.find(k.User)
 		}
 		switch {
-		case lu != nil && (!inDB || have != lu.n):
-			set = append(set, Row{Project: k.Project, User: k.User, Name: lu.name, Conns: int(lu.n)})
-		case lu == nil && inDB:
+		case e == nil:
+		case e.local() && e.db != e.n:
+			set = append(set, Row{Project: k.Project, User: k.User, Name: e.name, Conns: int(e.n)})
+		case !e.local() && e.db >= 0:
 			del = append(del, k)
 		}
 	}
-	clear(t.w.dirty)
+	if len(t.w.dirty) > 1024 {
+		t.w.dirty = make(map[key]struct{}) // a burst's buckets go
+	} else {
+		clear(t.w.dirty)
+	}
 	t.w.urgent, t.w.countAt = false, time.Time{}
 	return set, del, taken
 }
@@ -166,15 +168,26 @@ func (t *Tracker) giveBack(taken []key) {
 	t.w.urgent = true
 }
 
-// wrote records what the Backend now holds.
+// wrote records what the Backend now holds; an entry that held only its
+// row goes.
 func (t *Tracker) wrote(set []Row, del []Key) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, r := range set {
-		t.w.db[key{r.Project, r.User}] = int32(r.Conns)
+		if p := t.projects[r.Project]; p != nil {
+			if e := p.find(r.User); e != nil {
+				e.db = int32(r.Conns)
+			}
+		}
 	}
 	for _, k := range del {
-		delete(t.w.db, k)
+		if p := t.projects[k.Project]; p != nil {
+			if e := p.find(k.User); e != nil {
+				e.db = -1
+				p.removeIdle(k.User)
+				t.forget(p)
+			}
+		}
 	}
 }
 
@@ -183,11 +196,17 @@ func (t *Tracker) wrote(set []Row, del []Key) {
 func (t *Tracker) resync() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	clear(t.w.db)
 	for _, p := range t.projects {
-		for u := range p.local {
-			t.w.mark(key{p.id, u}, true)
+		for i := len(p.users) - 1; i >= 0; i-- {
+			e := &p.users[i]
+			e.db = -1
+			if e.local() {
+				t.w.mark(key{p.id, e.user}, true)
+			} else {
+				p.removeIdle(e.user)
+			}
 		}
+		t.forget(p)
 	}
 }
 
