@@ -36,6 +36,12 @@
 //     its token for a one-time ticket (POST /api/tickets, the token in the
 //     Authorization header) and connects with ?ticket=. A ticket refused
 //     (HTTP 401) counts as a refused token.
+//   - Presence: [Client.Presence] is a joined project's online list, which
+//     each joined_project replaces (after a reconnect too) and user_online /
+//     user_offline change as state changes: a user already listed coming
+//     online, or one not listed going offline, changes nothing (a join's list
+//     and a message already on its way may overlap). Every change is sent on
+//     [Client.PresenceChanges]. Leaving a project forgets its list.
 //   - SSE: the joined projects are part of the stream URL, so joining or
 //     leaving re-opens the stream. With no project joined there is no stream:
 //     the client counts as connected once /api/websocket/health answers.
@@ -56,10 +62,11 @@
 //
 // Domain events, typing events, user-targeted events and unsolicited server
 // messages (left_project with reason access_revoked, an error that answers no
-// request, server_shutdown) arrive on [Client.Events], or are handed to
-// [Options.OnEvent]. Answers to the client's own requests (joined_project,
-// left_project for a leave, pong, authenticated) are not delivered there: they
-// are the results of [Client.Join], [Client.Leave] and [Client.Ping].
+// request, server_shutdown, user_online, user_offline) arrive on
+// [Client.Events], or are handed to [Options.OnEvent]. Answers to the
+// client's own requests (joined_project, left_project for a leave, pong,
+// authenticated) are not delivered there: they are the results of
+// [Client.Join], [Client.Leave] and [Client.Ping].
 package client
 
 import (
@@ -182,12 +189,13 @@ var (
 // Client is a Saga push client. Its methods may be called from any
 // goroutine.
 type Client struct {
-	opts    Options
-	base    *url.URL
-	http    *http.Client
-	log     *slog.Logger
-	events  chan Event
-	resyncs *resyncQueue
+	opts     Options
+	base     *url.URL
+	http     *http.Client
+	log      *slog.Logger
+	events   chan Event
+	resyncs  *latestQueue[Resync]
+	presence *latestQueue[PresenceChange]
 
 	closeCtx  context.Context // done once Close is called
 	closeFn   context.CancelFunc
@@ -269,7 +277,8 @@ func New(opts Options) (*Client, error) {
 		c.events = make(chan Event, opts.EventBuffer)
 	}
 	c.closeCtx, c.closeFn = context.WithCancel(context.Background())
-	c.resyncs = newResyncQueue(c.closeCtx)
+	c.resyncs = newLatestQueue[Resync](c.closeCtx)
+	c.presence = newLatestQueue[PresenceChange](c.closeCtx)
 	return c, nil
 }
 
@@ -363,6 +372,7 @@ func (c *Client) Close() error {
 		c.mu.Unlock()
 		c.setState(StateDisconnected)
 		c.resyncs.close()
+		c.presence.close()
 		if c.events != nil {
 			close(c.events)
 		}

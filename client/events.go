@@ -65,11 +65,14 @@ func (c *Client) handle(raw []byte, src any, sseID string) {
 		}
 	}
 	var resync *Resync
+	var presence *PresenceChange
 	deliver := true
 	switch m.Event {
 	case "joined_project":
-		resync = c.onJoinedLocked(m.Data)
+		resync, presence = c.onJoinedLocked(m.Data)
 		deliver = false
+	case "user_online", "user_offline":
+		presence = c.onPresenceLocked(m.Event, m.ProjectID, m.Data) // and delivered as it came
 	case "left_project":
 		deliver = c.onLeftLocked(m.Data)
 	case "server_shutdown":
@@ -100,7 +103,10 @@ func (c *Client) handle(raw []byte, src any, sseID string) {
 	c.mu.Unlock()
 
 	if resync != nil {
-		c.resyncs.push(*resync)
+		c.resyncs.push(resync.ProjectID, *resync)
+	}
+	if presence != nil {
+		c.presence.push(presence.ProjectID, *presence)
 	}
 	if !deliver {
 		return

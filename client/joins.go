@@ -16,6 +16,11 @@ type JoinResult struct {
 	Seq int64 `json:"seq"`
 	// Recovered is set when the join resumed from a known seq.
 	Recovered *bool `json:"recovered,omitempty"`
+	// Online lists who was online in the project at the join, the joining
+	// user included, sorted by user id; nil when the server sent no list
+	// (more online users than it tells of one by one). [Client.Presence]
+	// keeps it up to date.
+	Online []OnlineUser `json:"online,omitempty"`
 }
 
 // project is one project the application wants joined.
@@ -24,6 +29,7 @@ type project struct {
 	hasSeq  bool
 	joined  bool // joined on the current connection
 	info    JoinResult
+	online  []OnlineUser // who is online, sorted by user id; nil: not known (presence.go)
 	waiters []chan joinReply
 }
 
@@ -223,15 +229,15 @@ func (c *Client) sendJoin(ws *wsConn, id string, p *project) {
 }
 
 // onJoinedLocked records a joined_project and returns a resync when the
-// project could not be recovered.
-func (c *Client) onJoinedLocked(data []byte) *Resync {
+// project could not be recovered, and the change of its online list.
+func (c *Client) onJoinedLocked(data []byte) (*Resync, *PresenceChange) {
 	var d JoinResult
 	if json.Unmarshal(data, &d) != nil {
-		return nil
+		return nil, nil
 	}
 	p := c.projects[d.ProjectID]
 	if p == nil {
-		return nil // left, or given up, meanwhile
+		return nil, nil // left, or given up, meanwhile
 	}
 	var resync *Resync
 	switch {
@@ -245,7 +251,7 @@ func (c *Client) onJoinedLocked(data []byte) *Resync {
 	p.joined = true
 	p.info = d
 	p.settle(d, nil)
-	return resync
+	return resync, c.onJoinedOnlineLocked(d.ProjectID, p, d.Online)
 }
 
 // onLeftLocked handles left_project; it reports whether the application

@@ -65,20 +65,36 @@ func newBrowser(t *testing.T) context.Context {
 		cancel()
 		cancelAlloc() // waits for the browser to exit
 	})
-	// The first action starts the browser, which lives as long as that
-	// action's context: give it ctx itself, and bound the wait from outside.
+	startTab(t, ctx, cancel, "chromium")
+	return ctx
+}
+
+// newTab opens another tab of ctx's browser; cancel closes it (and only
+// it).
+func newTab(t *testing.T, ctx context.Context) (context.Context, context.CancelFunc) {
+	t.Helper()
+	tab, cancel := chromedp.NewContext(ctx)
+	t.Cleanup(cancel)
+	startTab(t, tab, cancel, "a new tab")
+	return tab, cancel
+}
+
+// startTab runs ctx's first action, which starts its browser or opens its
+// tab. What it starts lives as long as that action's context: give it ctx
+// itself, and bound the wait from outside.
+func startTab(t *testing.T, ctx context.Context, cancel context.CancelFunc, what string) {
+	t.Helper()
 	started := make(chan error, 1)
 	go func() { started <- chromedp.Do(ctx) }()
 	select {
 	case err := <-started:
 		if err != nil {
-			t.Fatalf("starting chromium: %v", err)
+			t.Fatalf("starting %s: %v", what, err)
 		}
 	case <-time.After(30 * time.Second):
 		cancel()
-		t.Fatal("chromium did not start within 30 s")
+		t.Fatalf("%s did not start within 30 s", what)
 	}
-	return ctx
 }
 
 // browserConsole collects what the page writes to its console: console API
@@ -198,8 +214,9 @@ func jsLiteral(t *testing.T, v any) string {
 
 // startTestClient adds a module script to the page that imports /client.js,
 // connects with token (over transports, default both) and joins projectID. window.__t then holds the client
-// and what it saw: seqs (story_uploaded), states, errors, resyncs, joined
-// (the join's answer) or failed (a rejection).
+// and what it saw: seqs (story_uploaded), states, errors, resyncs, presence
+// (each 'presence' event: {projectId, online, at}), joined (the join's
+// answer) or failed (a rejection).
 func startTestClient(t *testing.T, ctx context.Context, token, projectID string, transports ...string) {
 	t.Helper()
 	if len(transports) == 0 {
@@ -214,12 +231,13 @@ t.client = c
 c.on('state', (s) => t.states.push(s))
 c.on('error', (e) => t.errors.push(e))
 c.on('resync', (p) => t.resyncs.push(p))
+c.on('presence', (projectId, online) => t.presence.push({ projectId, online, at: Date.now() }))
 c.onStoryUploaded((data, msg) => { t.seqs.push(msg.seq); t.events.push(msg) })
 c.connect().then(() => c.joinProject(` + jsLiteral(t, projectID) + `))
   .then((joined) => { t.joined = joined }, (err) => { t.failed = err })
 `
 	browserEval[chromedp.Void](t, ctx, `(() => {
-		window.__t = { seqs: [], events: [], states: [], errors: [], resyncs: [] }
+		window.__t = { seqs: [], events: [], states: [], errors: [], resyncs: [], presence: [] }
 		const s = document.createElement('script')
 		s.type = 'module'
 		s.textContent = `+jsLiteral(t, module)+`
@@ -316,13 +334,26 @@ func testDemoPage(t *testing.T, s *testServer, transportParam, wantTransport, sh
 	browserRun(t, ctx, "clicking Ping", chromedp.Click(chromedp.ID("ping-btn"), chromedp.NodeVisible))
 	browserUntil(t, ctx, "the ping result", `document.getElementById('ping-result').textContent.includes('round trip')`, browserWait)
 
+	saveScreenshot(t, ctx, shot, "the demo page")
+	expectCleanDemoPage(t, ctx, console)
+}
+
+// saveScreenshot saves a screenshot of the whole page as name in
+// artifactsDir.
+func saveScreenshot(t *testing.T, ctx context.Context, name, what string) {
+	t.Helper()
 	png := browserRun(t, ctx, "taking a screenshot", chromedp.FullScreenshot(100))
-	path := filepath.Join(artifactsDir(t), shot)
+	path := filepath.Join(artifactsDir(t), name)
 	if err := os.WriteFile(path, png, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("screenshot of the demo page: %s", path)
+	t.Logf("screenshot of %s: %s", what, path)
+}
 
+// expectCleanDemoPage fails the test when the demo page wrote an error to
+// its console or shows one.
+func expectCleanDemoPage(t *testing.T, ctx context.Context, console *browserConsole) {
+	t.Helper()
 	if errs := console.errors(); len(errs) > 0 {
 		t.Errorf("console errors on the demo page:\n  %s\nconsole:\n%s", strings.Join(errs, "\n  "), console.all())
 	}

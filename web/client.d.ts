@@ -65,6 +65,17 @@ export interface JoinedProject {
   seq: number
   /** Present when the join resumed from a known seq. */
   recovered?: boolean
+  /** Who is online in the project at the join (the joining user included), sorted by userId.
+   *  Absent when the project has more online users than the server tells of one by one
+   *  (PRESENCE_MAX_USERS): then no presence messages come for it either. */
+  online?: OnlineUser[]
+}
+
+/** A user online in a project: an entry of joined_project.online and of presence(), the data of user_online. */
+export interface OnlineUser {
+  userId: string
+  /** null when the user's name is not known */
+  userName: string | null
 }
 
 export interface LeftProject {
@@ -113,6 +124,9 @@ export interface SagaEventData {
   server_shutdown: { message: string; reconnectAfterMs: number }
   typing_start: TypingData
   typing_stop: TypingData
+  /** Also applied to presence(): prefer on('presence'), which skips messages that change nothing. */
+  user_online: OnlineUser
+  user_offline: { userId: string }
   story_uploaded: { story: Story }
   story_processing: { storyId: string; status: string }
   story_processed: { storyId: string; status: string }
@@ -141,6 +155,12 @@ export declare class SagaClient {
   readonly projects: string[]
   /** The last seq seen for a project. */
   lastSeq(projectId: string): number | undefined
+  /** Who is online in a joined project: a copy of its list, sorted by userId, kept up to date from
+   *  joined_project (which replaces it, after a reconnect too) and user_online / user_offline.
+   *  null when the project is not joined, its join is not answered yet, or the server sent no list
+   *  (too many online users); [] is a known empty list (a service token's). The list of a project
+   *  that is left is forgotten; while reconnecting, the last one stays. */
+  presence(projectId: string): OnlineUser[] | null
 
   /** Resolves once connected (retrying with backoff while autoReconnect is on); rejects on a fatal error,
    *  when attempts run out, or when disconnect() is called first. */
@@ -160,6 +180,9 @@ export declare class SagaClient {
   on(event: 'state', fn: (state: ConnectionState) => void): Unsubscribe
   on(event: ConnectionState, fn: () => void): Unsubscribe
   on(event: 'resync', fn: (projectId: string, joined: JoinedProject) => void): Unsubscribe
+  /** Every change of presence(projectId), with a copy of the new list (null: no longer known, a join
+   *  answered without a list). Not fired for a message that changes nothing, nor when the project is left. */
+  on(event: 'presence', fn: (projectId: string, online: OnlineUser[] | null) => void): Unsubscribe
   on(event: 'error', fn: (error: SagaError, message?: SagaMessage<SagaError>) => void): Unsubscribe
   on(event: 'message', fn: (message: SagaMessage) => void): Unsubscribe
   on(event: string, fn: (...args: any[]) => void): Unsubscribe

@@ -30,6 +30,12 @@
  * - Exactly once: a domain event whose `seq` is not above the last one seen for its project is
  *   dropped, and so is a domain event of a project that is not joined (any more).
  * - Joined projects and their last `seq` survive `disconnect()`: a later `connect()` resumes them.
+ * - Presence: `presence(projectId)` is the project's online list, kept from each `joined_project`
+ *   (the fresh state after every reconnect: it replaces the list) and the `user_online` /
+ *   `user_offline` messages applied as state changes (a user already listed coming online, or one
+ *   not listed going offline, changes nothing: a join's list and a message already on its way may
+ *   overlap). A list that is not known is null, not []: a service token's list is known and empty.
+ *   The list of a project that is left is forgotten; while reconnecting, the last one stays.
  * - Every rejection and every 'error' event is a plain object `{code, message, ...}`: the server's
  *   error data, or one of the client's own codes (TIMEOUT, NOT_CONNECTED, CONNECTION_CLOSED,
  *   DISCONNECTED, TOKEN_EXPIRED, TOKEN_ERROR, ORIGIN_NOT_ALLOWED, RECONNECT_FAILED,
@@ -41,6 +47,7 @@
 /** Event names the server may send over SSE (sections 3 to 5); each gets its own listener. */
 export const SSE_EVENTS = [
   'joined_project', 'left_project', 'error', 'server_shutdown', 'typing_start', 'typing_stop',
+  'user_online', 'user_offline',
   'story_uploaded', 'story_processing', 'story_processed', 'transcript_updated',
   'interaction_added', 'interaction_updated',
   'export_started', 'export_progress', 'export_ready', 'export_failed',
@@ -125,6 +132,18 @@ export function buildSince(entries) {
   return parts.join(',')
 }
 
+/** Orders online users as the server does: by userId, code unit by code unit (not by locale). */
+const byUserId = (a, b) => (a.userId < b.userId ? -1 : a.userId > b.userId ? 1 : 0)
+
+/** One online user as the client keeps it: `{userId, userName}`, userName null when unknown. */
+const onlineUser = (u) => ({ userId: String(u.userId), userName: typeof u.userName === 'string' ? u.userName : null })
+
+/** @param {Array<object>|null} a @param {Array<object>|null} b @returns {boolean} the same online list */
+function sameOnline(a, b) {
+  if (!a || !b) return a === b
+  return a.length === b.length && a.every((u, i) => u.userId === b[i].userId && u.userName === b[i].userName)
+}
+
 /** Normalises anything thrown or received into `{code, message, ...}`. @param {any} data @param {string} code @param {string} message */
 function asError(data, code, message) {
   if (data && typeof data === 'object' && typeof data.code === 'string') return data
@@ -180,7 +199,7 @@ export class SagaClient {
     this._token = this.options.token
     /** @type {Map<string, Set<Function>>} */
     this._handlers = new Map()
-    /** projectId -> { lastSeq, joined, info, waiters } ; the projects the user wants joined */
+    /** projectId -> { lastSeq, joined, info, waiters, online } ; the projects the user wants joined */
     this._projects = new Map()
     /** ack -> { resolve, reject, timer } */
     this._pending = new Map()
@@ -221,6 +240,20 @@ export class SagaClient {
   lastSeq(projectId) {
     const entry = this._projects.get(String(projectId))
     return entry ? entry.lastSeq : undefined
+  }
+
+  /**
+   * Who is online in a joined project: a copy of its list, sorted by userId, kept up to date from
+   * `joined_project` and the `user_online` / `user_offline` messages (subscribe with
+   * `on('presence', (projectId, online) => {})`).
+   * @param {string} projectId
+   * @returns {Array<{userId: string, userName: string|null}>|null} null when the project is not
+   *   joined, its join has not been answered yet, or the server sent no list (more online users
+   *   than it tells of one by one); while reconnecting, the list from before
+   */
+  presence(projectId) {
+    const entry = this._projects.get(String(projectId))
+    return entry && entry.online ? entry.online.map((u) => ({ ...u })) : null
   }
 
   /**
@@ -265,7 +298,7 @@ export class SagaClient {
     if (entry && entry.joined && this._state === 'connected') return Promise.resolve(entry.info)
     const isNew = !entry
     if (isNew) {
-      entry = { lastSeq: undefined, joined: false, info: null, waiters: [] }
+      entry = { lastSeq: undefined, joined: false, info: null, waiters: [], online: null }
       this._projects.set(id, entry)
     }
     const joinEntry = entry
@@ -343,7 +376,8 @@ export class SagaClient {
   /**
    * Subscribes to an event: a server event name (handler gets `(data, message)`), or one of the
    * client's: 'state' (state), 'connecting' | 'connected' | 'reconnecting' | 'disconnected' (),
-   * 'resync' (projectId, joinedData), 'error' (errorData, message?), 'message' (every message).
+   * 'resync' (projectId, joinedData), 'presence' (projectId, online: a copy of presence(projectId),
+   * on every change of it), 'error' (errorData, message?), 'message' (every message).
    * @param {string} event
    * @param {Function} fn
    * @returns {() => void} unsubscribe
@@ -907,14 +941,20 @@ export class SagaClient {
       }
     }
     let resync = null
-    if (event === 'joined_project') resync = this._onJoined(data || {})
-    else if (event === 'left_project') this._onLeft(data || {})
+    let presence = null // the project whose online list this message changed
+    if (event === 'joined_project') {
+      resync = this._onJoined(data || {})
+      presence = this._onPresence(event, (data || {}).projectId, data || {})
+    } else if (event === 'user_online' || event === 'user_offline') {
+      presence = this._onPresence(event, msg.projectId, data || {})
+    } else if (event === 'left_project') this._onLeft(data || {})
     else if (event === 'server_shutdown') this._onShutdown(data || {})
     else if (event === 'error' && !consumed) consumed = this._onServerError(data || {})
     else if (typeof msg.seq === 'number' && msg.projectId !== undefined && !this._acceptSeq(msg)) return
     this._emit('message', msg)
     if (!consumed) this._emit(event, data, msg)
     if (resync) this._emit('resync', resync.projectId, resync)
+    if (presence !== null) this._emit('presence', presence, this.presence(presence))
   }
 
   /** @returns {object|null} the joined data when the project must be reloaded (recovered:false) */
@@ -934,6 +974,38 @@ export class SagaClient {
     entry.info = d
     this._settleWaiters(entry, d, null)
     return resync
+  }
+
+  /**
+   * Applies a presence message to a joined project's online list: joined_project replaces it (a
+   * join's list is the fresh state, after a reconnect too), user_online and user_offline change one
+   * user. A user_online for a user already listed, or a user_offline for one not listed, changes
+   * nothing, and neither changes a list that is not known.
+   * @returns {string|null} the project id when its list changed
+   */
+  _onPresence(event, projectId, d) {
+    const id = String(projectId)
+    const entry = this._projects.get(id)
+    if (!entry) return null // not joined (any more): nothing to keep
+    const before = entry.online
+    let after
+    if (event === 'joined_project') {
+      after = Array.isArray(d.online) ? d.online.filter((u) => u && u.userId !== undefined).map(onlineUser).sort(byUserId) : null
+      if (sameOnline(before, after)) return null
+    } else {
+      if (!before || d.userId === undefined) return null
+      const userId = String(d.userId)
+      const listed = before.some((u) => u.userId === userId)
+      if (event === 'user_online') {
+        if (listed) return null
+        after = [...before, onlineUser(d)].sort(byUserId)
+      } else {
+        if (!listed) return null
+        after = before.filter((u) => u.userId !== userId)
+      }
+    }
+    entry.online = after // never changed in place: presence() hands out copies
+    return id
   }
 
   _onLeft(d) {
