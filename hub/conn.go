@@ -252,7 +252,9 @@ func (c *Conn) discardLocked(extra int) {
 
 // userState is what the hub keeps per user across all of its connections.
 type userState struct {
-	conns   map[*Conn]struct{}
+	// conns is a slice: most users have one or a few connections, which a
+	// map would hold at several times the memory.
+	conns   []*Conn
 	limiter *rate.Limiter
 }
 

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -185,13 +186,13 @@ func (h *Hub) Connect(u *User, transport string, out Outlet) (*Conn, error) {
 	us := h.users[u.ID]
 	if us == nil {
 		lim := rate.NewLimiter(rate.Limit(float64(h.opts.RateMaxEvents)/h.opts.RateWindow.Seconds()), h.opts.RateMaxEvents)
-		us = &userState{conns: make(map[*Conn]struct{}, 1), limiter: lim}
+		us = &userState{limiter: lim}
 		h.users[u.ID] = us
 	}
 	if len(us.conns) >= h.opts.MaxConnsPerUser {
 		return nil, ErrTooManyConns
 	}
-	us.conns[c] = struct{}{}
+	us.conns = append(us.conns, c)
 	h.conns[c] = struct{}{}
 	h.perTrans[transport]++
 	h.metrics.connections.WithLabelValues(transport).Inc()
@@ -220,7 +221,12 @@ func (h *Hub) Disconnect(c *Conn) {
 	h.metrics.connections.WithLabelValues(c.Transport).Dec()
 	uid := c.User().ID
 	if us := h.users[uid]; us != nil {
-		delete(us.conns, c)
+		if i := slices.Index(us.conns, c); i >= 0 {
+			last := len(us.conns) - 1
+			us.conns[i] = us.conns[last]
+			us.conns[last] = nil
+			us.conns = us.conns[:last]
+		}
 		if len(us.conns) == 0 {
 			// The limiter goes with the last connection: a user who
 			// reconnects at once gets a fresh bucket, which is the price of
@@ -316,7 +322,7 @@ func (h *Hub) DeliverEphemeral(e Ephemeral) {
 	h.mu.RLock()
 	var targets []*Conn
 	if us := h.users[e.UserID]; us != nil {
-		for c := range us.conns {
+		for _, c := range us.conns {
 			targets = append(targets, c)
 		}
 	}
@@ -400,7 +406,7 @@ func (h *Hub) UserGone(userID string) {
 	h.mu.RLock()
 	var conns []*Conn
 	if us := h.users[userID]; us != nil {
-		for c := range us.conns {
+		for _, c := range us.conns {
 			if c.User().Role != roleService {
 				conns = append(conns, c)
 			}
@@ -423,7 +429,7 @@ func (h *Hub) UserIDs() []string {
 	defer h.mu.RUnlock()
 	ids := make([]string, 0, len(h.users))
 	for id, us := range h.users {
-		for c := range us.conns {
+		for _, c := range us.conns {
 			if c.User().Role != roleService {
 				ids = append(ids, id)
 				break

@@ -64,6 +64,12 @@ func (p *project) find(user string) *entry {
 // add appends an entry for the user (who has none) and returns it. The
 // pointer is good until the next add or remove.
 func (p *project) add(user, name string) *entry {
+	if len(p.users) == cap(p.users) && len(p.users) < indexAbove {
+		// Grow by two, not double: a family has a handful of users.
+		grown := make([]entry, len(p.users), len(p.users)+2)
+		copy(grown, p.users)
+		p.users = grown
+	}
 	p.users = append(p.users, entry{user: user, name: name, db: -1, remote: -1})
 	i := len(p.users) - 1
 	switch {
