@@ -8,9 +8,10 @@
 // origin, header token, JSON; METRICS_TOKEN; unauthenticated counts),
 // deadline_test.go (the 10 s for a request to arrive, connections per
 // address), pg_test.go (Postgres, several instances), pg_users_test.go
-// (deleted users), shutdown_test.go, compression_test.go, browser_test.go
-// (web/client.js in Chromium) and proxy_test.go (behind nginx). The helpers,
-// by concern:
+// (deleted users), shutdown_test.go, compression_test.go, hangup_test.go
+// (a client's close noticed within 1 s, on either transport),
+// browser_test.go (web/client.js in Chromium) and proxy_test.go (behind
+// nginx). The helpers, by concern:
 //
 //	server_test.go     TestMain (the build), startServer, stop, signal
 //	wsclient_test.go   the WebSocket client: dialWS and its options, read, expect, call...
