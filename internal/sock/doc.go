@@ -1,7 +1,8 @@
 // Package sock holds the service's OS-specific socket tricks, each with a
-// portable twin, and is the one package that uses unsafe and raw system
-// calls on sockets. It has two jobs: writes that never wait, and watching
-// sockets for the peer's hang-up.
+// portable twin, and is the service's one package that uses unsafe and raw
+// system calls on sockets (the bench's load generator has its own). It has
+// two jobs: writes that never wait, and watching sockets for the peer's
+// hang-up.
 //
 // # Writes that never wait
 //
@@ -55,7 +56,10 @@
 //     as a hang-up.
 //   - Once stop returns, onHangup is not running and never will.
 //   - A watch owns the socket's read side: nothing else reads it or sets
-//     its read deadline while it is watched.
+//     its read deadline while it is watched, and it is watched once at a
+//     time.
+//   - stop is called even after a report: on Linux the socket stays in
+//     epoll, disabled, until then.
 //
 // An event taken by the epoll loop just before a stop, and read after the
 // descriptor was closed and its number reused by a newly watched socket, is
