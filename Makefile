@@ -20,7 +20,7 @@ test-short:
 	$(GO) test -race -count=1 -short ./...
 
 # lint also checks the module on macOS and Windows, where build-tagged files
-# (internal/sockwrite's portable twin, bench's) take Linux's place: each of
+# (internal/sock's portable twins, bench's) take Linux's place: each of
 # them builds, vets and passes staticcheck (run as a host binary). go.mod and
 # go.sum must be tidy.
 CROSS := darwin/arm64 windows/amd64

@@ -2,13 +2,10 @@ package e2e
 
 import (
 	"bufio"
-	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"sagapush/internal/wsraw"
 )
@@ -22,22 +19,12 @@ type rawWS struct {
 
 func dialRawWS(t *testing.T, s *testServer, token, extensions string) (*rawWS, http.Header) {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", s.Port), waitTimeout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	conn.SetDeadline(time.Now().Add(waitTimeout))
 	req := "GET /ws?token=" + token + " HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
 	if extensions != "" {
 		req += "Sec-WebSocket-Extensions: " + extensions + "\r\n"
 	}
-	if _, err := io.WriteString(conn, req+"\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
+	conn, br, resp, err := s.rawRequest(t, req+"\r\n")
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("upgrade: %v %v", err, resp)
 	}

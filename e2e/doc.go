@@ -8,11 +8,12 @@
 // origin, header token, JSON; METRICS_TOKEN; unauthenticated counts),
 // deadline_test.go (the 10 s for a request to arrive, connections per
 // address), pg_test.go (Postgres, several instances), pg_users_test.go
-// (deleted users), presence_test.go (who is online), shutdown_test.go,
-// compression_test.go, browser_test.go (web/client.js in Chromium; its
-// helpers newBrowser, newTab, startTestClient, browserUntil...),
-// browser_presence_test.go (presence in client.js and the demo page) and
-// proxy_test.go (behind nginx). The helpers, by concern:
+// (deleted users), presence_test.go (who is online), hangup_test.go (a
+// client's close noticed within 1 s, on either transport),
+// shutdown_test.go, compression_test.go, browser_test.go (web/client.js in
+// Chromium; its helpers newBrowser, newTab, startTestClient,
+// browserUntil...), browser_presence_test.go (presence in client.js and the
+// demo page) and proxy_test.go (behind nginx). The helpers, by concern:
 //
 //	server_test.go     TestMain (the build), startServer, stop, signal
 //	wsclient_test.go   the WebSocket client: dialWS and its options, read, expect, call...

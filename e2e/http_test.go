@@ -4,11 +4,13 @@ package e2e
 // answers, publishing events as the Saga backend does, and /metrics.
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -162,6 +164,25 @@ func publishErr(s *testServer, serviceToken, projectID, event string, data any) 
 func (s *testServer) metric(t testing.TB, prefix string) float64 {
 	t.Helper()
 	return s.metricWith(t, http.DefaultClient, prefix)
+}
+
+// rawRequest writes req, a whole HTTP/1.1 request, on a socket of its own
+// and reads the response's head. The socket is closed when the test ends;
+// its deadline is waitTimeout from now.
+func (s *testServer) rawRequest(t testing.TB, req string) (net.Conn, *bufio.Reader, *http.Response, error) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", s.Port), waitTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(waitTimeout))
+	if _, err := io.WriteString(conn, req); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	return conn, br, resp, err
 }
 
 // noKeepAlive closes its connection after each request.

@@ -480,9 +480,9 @@ func TestSSETokenExpiry(t *testing.T) {
 // to its baseline) and no connection in the hub.
 func TestSSENoGoroutineLeak(t *testing.T) {
 	t.Parallel()
-	// Nothing reads an idle stream's socket: a client that left is noticed
-	// at the next heartbeat (or write), so the heartbeat bounds the wait.
-	s := startServer(t, "SSE_HEARTBEAT_MS=1000")
+	// A client that closes its stream is noticed at once (its socket is
+	// watched for the hang-up), whatever the heartbeat.
+	s := startServer(t, "SSE_HEARTBEAT_MS=60000")
 	svc := s.serviceToken(t)
 	tok := s.userToken(t, "u1", "p1", "p2")
 	// A client of its own, without keep-alive, so that its idle connections

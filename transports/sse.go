@@ -3,7 +3,6 @@ package transports
 import (
 	"bytes"
 	"context"
-	"errors"
 	"net"
 	"net/http"
 	"slices"
@@ -17,6 +16,7 @@ import (
 	"sagapush/internal/httpguard"
 	"sagapush/internal/protocol"
 	"sagapush/internal/session"
+	"sagapush/internal/sock"
 )
 
 // SSEOptions configure the Server-Sent Events transport.
@@ -164,14 +164,19 @@ func (s *SSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.streams++
 	s.mu.Unlock()
 	st.attach(nc)
+	ss := &sseWriter{s: s, sess: sess, conn: conn, st: st, nc: nc, cur: protocol.NewPosition(seqs)}
+	handedOff = true
+	// Nothing reads the socket, and a write to a client that sent its FIN
+	// succeeds: the watch is what notices a client that closed its
+	// connection, at once, so that it leaves the stats, the user's
+	// connection limit and its rooms then, not at a later write.
+	ss.unwatch = sock.WatchHangup(nc, st.abort)
 
 	head := sseHead
 	if o := w.Header().Get("Access-Control-Allow-Origin"); o != "" {
 		head += "Access-Control-Allow-Origin: " + o + "\r\nVary: Origin\r\n"
 	}
 	head += "\r\nretry: " + strconv.FormatInt(s.opts.Retry.Milliseconds(), 10) + "\n\n"
-	ss := &sseWriter{s: s, sess: sess, conn: conn, st: st, nc: nc, cur: protocol.NewPosition(seqs)}
-	handedOff = true
 	if !ss.write([]byte(head), first) {
 		ss.end()
 		return
@@ -191,12 +196,13 @@ const sseHead = "HTTP/1.1 200 OK\r\n" +
 
 // sseWriter owns one hijacked stream.
 type sseWriter struct {
-	s    *SSE
-	sess *session.Session
-	conn *hub.Conn
-	st   *sseStream
-	nc   net.Conn
-	cur  protocol.Position
+	s       *SSE
+	sess    *session.Session
+	conn    *hub.Conn
+	st      *sseStream
+	nc      net.Conn
+	unwatch func() // ends the hang-up watch: before nc closes
+	cur     protocol.Position
 }
 
 // batchPool holds the buffers batches are built in: a stream holds none
@@ -255,9 +261,12 @@ func (w *sseWriter) flush(buf *bytes.Buffer) bool {
 	return err == nil
 }
 
-// loop writes what the hub queues until the client leaves, the hub closes
-// the stream (the token expired: the session queued the error and a close),
-// or it falls behind.
+// loop writes what the hub queues until the client leaves (its hang-up
+// aborts the stream, or a write fails), the hub closes the stream (the
+// token expired: the session queued the error and a close), or it falls
+// behind. The heartbeat is part of the protocol (proxies and clients time
+// out a silent stream), and its write is what notices a client that
+// vanished without closing.
 func (w *sseWriter) loop() {
 	defer w.end()
 	heartbeat := time.NewTicker(w.s.opts.Heartbeat)
@@ -266,9 +275,9 @@ func (w *sseWriter) loop() {
 	for {
 		select {
 		case <-w.st.done:
-			return // aborted: too slow; the client resumes with its cursor
+			return // aborted: too slow, or the client hung up
 		case <-heartbeat.C:
-			if w.gone() || !w.write([]byte(": heartbeat\n\n"), nil) {
+			if !w.write([]byte(": heartbeat\n\n"), nil) {
 				return
 			}
 		case <-w.st.wake:
@@ -285,18 +294,10 @@ func (w *sseWriter) loop() {
 	}
 }
 
-// gone reports whether the client closed its side. Nothing reads the
-// stream's socket (that would take a goroutine per stream), so it is
-// probed at each heartbeat: a closed peer reads EOF at once.
-func (w *sseWriter) gone() bool {
-	var b [1]byte
-	w.nc.SetReadDeadline(pastDeadline)
-	_, err := w.nc.Read(b[:])
-	var ne net.Error
-	return err == nil || !(errors.As(err, &ne) && ne.Timeout())
-}
-
+// end stops the hang-up watch before the socket closes: the descriptor's
+// number may go to another socket at once (package sock).
 func (w *sseWriter) end() {
+	w.unwatch()
 	w.nc.Close()
 	w.sess.End()
 	w.s.mu.Lock()
@@ -358,7 +359,7 @@ type sseStream struct {
 	aborted bool
 }
 
-// pastDeadline makes a pending or future read or write fail at once.
+// pastDeadline makes a pending or future write fail at once.
 var pastDeadline = time.Unix(1, 0)
 
 func (st *sseStream) attach(nc net.Conn) {
@@ -396,12 +397,16 @@ func (st *sseStream) Attach(*hub.Conn) {}
 func (st *sseStream) Direct([]byte) {}
 
 // Close ends the stream; what was written is out already.
-func (st *sseStream) Close(code int, reason string) { st.Abort(code, reason) }
+func (st *sseStream) Close(int, string) { st.abort() }
 
-// Abort ends the stream: the writer returns at once, even from a write
+// Abort ends the stream (see abort).
+func (st *sseStream) Abort(int, string) { st.abort() }
+
+// abort ends the stream: the writer returns at once, even from a write
 // blocked on a client that reads nothing (the hub aborts exactly those:
-// QueueLimit frames behind).
-func (st *sseStream) Abort(int, string) {
+// QueueLimit frames behind). It never blocks: it is also the hang-up
+// watch's callback.
+func (st *sseStream) abort() {
 	st.once.Do(func() { close(st.done) })
 	st.mu.Lock()
 	defer st.mu.Unlock()

@@ -16,7 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"sagapush/hub"
-	"sagapush/internal/sockwrite"
+	"sagapush/internal/sock"
 )
 
 // The WebSocket write path. melody gives every connection a goroutine that
@@ -24,11 +24,11 @@ import (
 // goroutine wake-up, a gorilla frame build and a syscall per member. Here, a
 // data frame is encoded once per event (hub.Frame.Encoded) and written
 // straight from the goroutine that fans out, with a non-blocking write
-// (package sockwrite): when the kernel takes it whole, a delivery costs one
+// (package sock): when the kernel takes it whole, a delivery costs one
 // syscall and no goroutine. Only a connection whose socket is full gets a
 // flusher goroutine, which writes the rest with blocking writes under
 // WriteWait and then takes what queued meanwhile, several frames per writev
-// (the write coalescing of nats-server). Where sockwrite has no fast path
+// (the write coalescing of nats-server). Where package sock has no fast path
 // (not Linux), every write goes through the flusher. gorilla still reads,
 // and writes the handshake, pings and close frames: they come through
 // wireConn.Write and take their turn in the same order.
@@ -65,7 +65,7 @@ const (
 
 // maxBatch bounds the frames taken from the hub's queue for one write: as
 // many as one direct write takes.
-const maxBatch = sockwrite.MaxBufs
+const maxBatch = sock.MaxBufs
 
 // textFrame encodes payload as an unmasked, final text frame (server side).
 func textFrame(payload []byte) []byte { return appendFrame(nil, 0x81, payload) }
@@ -206,7 +206,7 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	fd, _ := sockwrite.Take(nc) // none: every write goes through the flusher
+	fd, _ := sock.Take(nc) // none: every write goes through the flusher
 	c := h.c
 	c.mu.Lock()
 	c.sock, c.fd = nc, fd
@@ -228,7 +228,7 @@ func (c *wsClient) sendLocked(bufs [][]byte, stable bool) {
 			c.closeSocketLocked() // the read loop ends and melody disconnects
 			return
 		}
-		if bufs = sockwrite.Consume(bufs, n); len(bufs) == 0 {
+		if bufs = sock.Consume(bufs, n); len(bufs) == 0 {
 			return
 		}
 	}
@@ -304,7 +304,7 @@ func (c *wsClient) finish(nc net.Conn) {
 // closeSocketLocked closes the socket now, dropping what waits. Every close
 // of the socket comes here, under c.mu, which every direct write holds too:
 // the invariant that keeps c.fd from being written once its number may
-// belong to another file (package sockwrite). (closeWriteLocked only shuts
+// belong to another file (package sock). (closeWriteLocked only shuts
 // the write side; nothing is written after it.)
 func (c *wsClient) closeSocketLocked() {
 	if c.sockClosed || c.sock == nil {

@@ -17,7 +17,7 @@ import (
 	"sagapush/internal/httpguard"
 	"sagapush/internal/protocol"
 	"sagapush/internal/session"
-	"sagapush/internal/sockwrite"
+	"sagapush/internal/sock"
 )
 
 // WSOptions configure the WebSocket transport.
@@ -237,7 +237,7 @@ type wsClient struct {
 	closeWhenFlushed bool // gorilla closed while the flusher had data
 	compress         bool // permessage-deflate was negotiated
 	line             atomic.Uint32
-	fd               sockwrite.FD // for direct writes; none: the flusher only
+	fd               sock.FD // for direct writes; none: the flusher only
 	sess             *melody.Session
 	conn             *hub.Conn // nil until authenticated (Attach)
 	ws               *WebSocket

@@ -1,6 +1,6 @@
 //go:build linux
 
-package sockwrite
+package sock
 
 import (
 	"errors"

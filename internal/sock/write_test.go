@@ -1,4 +1,4 @@
-package sockwrite
+package sock
 
 import (
 	"bytes"
@@ -127,10 +127,10 @@ func TestWriteNow(t *testing.T) {
 	}
 }
 
-// sock is one socket written as the WebSocket client writes its own
+// lockedSock is one socket written as the WebSocket client writes its own
 // (transports/wire.go): WriteNow only under mu with closed checked first,
 // and Close under mu too.
-type sock struct {
+type lockedSock struct {
 	mu     sync.Mutex
 	closed bool
 	fd     FD
@@ -144,7 +144,7 @@ type sock struct {
 const recordSize = 16
 
 // write makes k records and writes what the socket takes of them.
-func (s *sock) write(k int) error {
+func (s *lockedSock) write(k int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -164,7 +164,7 @@ func (s *sock) write(k int) error {
 	return err
 }
 
-func (s *sock) close() {
+func (s *lockedSock) close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
@@ -196,12 +196,12 @@ func TestNoWriteOnReusedFD(t *testing.T) {
 		reused  int
 		records atomic.Int64
 	)
-	open := func() *sock {
+	open := func() *lockedSock {
 		a, b := pair()
 		if a == nil {
 			return nil
 		}
-		s := &sock{nc: a, tag: nextTag.Add(1)}
+		s := &lockedSock{nc: a, tag: nextTag.Add(1)}
 		s.fd = take(t, a)
 		taken.Lock()
 		if seen[s.fd.v] {
@@ -239,7 +239,7 @@ func TestNoWriteOnReusedFD(t *testing.T) {
 		return s
 	}
 
-	var socks [slots]atomic.Pointer[sock]
+	var socks [slots]atomic.Pointer[lockedSock]
 	for i := range socks {
 		s := open()
 		if s == nil {
