@@ -322,9 +322,7 @@ func (h *Hub) DeliverEphemeral(e Ephemeral) {
 	h.mu.RLock()
 	var targets []*Conn
 	if us := h.users[e.UserID]; us != nil {
-		for _, c := range us.conns {
-			targets = append(targets, c)
-		}
+		targets = slices.Clone(us.conns) // delivered outside the lock
 	}
 	h.mu.RUnlock()
 	for _, c := range targets {
