@@ -564,3 +564,45 @@ func TestPGPresenceWritesTransitionsOnly(t *testing.T) {
 		t.Fatalf("%v presence writes for 20 connections that came and went, want none", got-writes)
 	}
 }
+
+// An instance stopped with SIGTERM says goodbye: its users stay online for
+// the grace, so one whose client reconnects to another instance meanwhile
+// never shows as offline, and one who does not goes offline after it.
+func TestPGPresenceGoodbye(t *testing.T) {
+	t.Parallel()
+	e := newPGEnv(t)
+	e.exec(t, `INSERT INTO users (id, name) VALUES ('alice', 'Alice'), ('bob', 'Bob'), ('carol', 'Carol')`)
+	e.exec(t, `INSERT INTO projects (id, name) VALUES ('p1', 'One')`)
+	e.exec(t, `INSERT INTO project_roles (project_id, user_id, role) VALUES ('p1', 'alice', 'storyteller'), ('p1', 'bob', 'facilitator'), ('p1', 'carol', 'facilitator')`)
+	const grace = 2 * time.Second
+	env := fmt.Sprintf("PRESENCE_GRACE_MS=%d", grace.Milliseconds())
+	a := e.start(t, env)
+	b := e.start(t, env)
+	alice := dialWS(t, a, a.named(t, "alice", ""), watching("alice@A"))
+	wsJoinOnline(t, alice, "p1")
+	carol := dialWS(t, a, a.named(t, "carol", ""), watching("carol@A"))
+	wsJoinOnline(t, carol, "p1")
+	e.waitRows(t, "p1", 2)
+	bob := dialWS(t, b, b.named(t, "bob", ""), watching("bob@B"))
+	if got := wsJoinOnline(t, bob, "p1"); !same(got, "alice:Alice", "bob:Bob", "carol:Carol") {
+		t.Fatalf("bob's list %v", got)
+	}
+	stopped := time.Now()
+	if code := a.stop(t); code != 0 {
+		t.Fatalf("instance A exited with %d", code)
+	}
+	// Alice comes back on B within the grace; carol does not.
+	alice = dialWS(t, b, b.named(t, "alice", ""), watching("alice@B"))
+	if got := wsJoinOnline(t, alice, "p1"); !same(got, "alice:Alice", "bob:Bob", "carol:Carol") {
+		t.Fatalf("alice's list on B %v", got)
+	}
+	expectPresence(t, "bob", wsPresence(t, bob), "user_offline", "p1", "carol")
+	if d := time.Since(stopped); d < grace {
+		t.Fatalf("carol offline %v after A stopped, before the grace", d)
+	}
+	expectPresence(t, "alice", wsPresence(t, alice), "user_offline", "p1", "carol")
+	bob.expectSilence(t, time.Second) // nothing about alice
+	if got := presenceAPI(t, b, "p1", b.serviceToken(t)); !same(got, "alice:Alice:1", "bob:Bob:1") {
+		t.Fatalf("API %v", got)
+	}
+}
