@@ -114,9 +114,9 @@ func (t *Tracker) readLoop() {
 }
 
 // applyLocked takes a read of the project's rows on other instances,
-// unless a read that started later was applied already, and announces what
-// changed, unless quiet (a room's first read, before any member: its first
-// join lists them). mu is held.
+// unless a read that started later was applied already. It announces what
+// changed when announce is set; a room's first read, before any member,
+// does not (its first join lists them). mu is held.
 func (t *Tracker) applyLocked(projectID string, ticket uint64, rows []Row, announce bool) {
 	p := t.projects[projectID]
 	if p == nil || !p.watched || ticket <= p.loaded {

@@ -37,9 +37,9 @@ type Options struct {
 	Grace    time.Duration // PRESENCE_GRACE_MS
 	TTL      time.Duration // PRESENCE_TTL_MS: a silent instance's users go within it
 	// MaxUsers is the most online users a project's members are told
-	// about one by one (default 100): beyond it joined_project.online is
-	// null and user_online/user_offline stop, as every change would go to
-	// every member.
+	// about one by one (default 100): beyond it joined_project has no
+	// online and user_online/user_offline stop, as every change would go
+	// to every member.
 	MaxUsers   int
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // nil: metrics not registered
