@@ -655,6 +655,9 @@ func TestSSESlowStream(t *testing.T) {
 	}
 }
 
+// nowMs in a check stands for an epoch-ms time of about now.
+type nowMs struct{}
+
 // Sections 5 and 8 over SSE, from database triggers.
 func TestSSEDatabase(t *testing.T) {
 	t.Parallel()
@@ -686,18 +689,20 @@ func TestSSEDatabase(t *testing.T) {
 		}
 		steps := []step{
 			{`INSERT INTO stories (id, project_id, title, status, audio_url) VALUES ('s1', 'p1', 'First day', 'uploaded', 'https://a/s1.mp3')`,
-				"story_uploaded", map[string]any{"story.id": "s1", "story.projectId": "p1", "story.title": "First day", "story.status": "uploaded", "story.audioUrl": "https://a/s1.mp3", "story.createdAt": nil}},
+				"story_uploaded", map[string]any{"story.id": "s1", "story.projectId": "p1", "story.title": "First day", "story.status": "uploaded", "story.audioUrl": "https://a/s1.mp3", "story.createdAt": nowMs{}}},
 			{`UPDATE stories SET status = 'processing' WHERE id = 's1'`, "story_processing", map[string]any{"storyId": "s1", "status": "processing"}},
 			{`UPDATE stories SET transcript = 'Once upon a time' WHERE id = 's1'`, "transcript_updated", map[string]any{"storyId": "s1", "transcript": "Once upon a time"}},
 			{`UPDATE stories SET status = 'completed' WHERE id = 's1'`, "story_processed", map[string]any{"storyId": "s1", "status": "completed"}},
 			{`INSERT INTO interactions (id, story_id, facilitator_id, type, content) VALUES ('i1', 's1', 'fac', 'comment', 'Lovely')`,
-				"interaction_added", map[string]any{"storyId": "s1", "interaction.id": "i1", "interaction.storyId": "s1", "interaction.facilitatorId": "fac", "interaction.type": "comment", "interaction.content": "Lovely"}},
+				"interaction_added", map[string]any{"storyId": "s1", "interaction.id": "i1", "interaction.storyId": "s1", "interaction.facilitatorId": "fac", "interaction.type": "comment", "interaction.content": "Lovely", "interaction.createdAt": nowMs{}}},
+			{`UPDATE interactions SET answered_at = '2030-01-01T00:00:00.123Z' WHERE id = 'i1'`,
+				"interaction_updated", map[string]any{"interaction.id": "i1", "interaction.answeredAt": float64(1893456000123)}},
 			{`UPDATE interactions SET content = 'Lovely!' WHERE id = 'i1'`,
 				"interaction_updated", map[string]any{"storyId": "s1", "interaction.id": "i1", "interaction.storyId": "s1", "interaction.facilitatorId": "fac", "interaction.type": "comment", "interaction.content": "Lovely!"}},
 			{`INSERT INTO export_requests (id, project_id, facilitator_id) VALUES ('x1', 'p1', 'fac')`, "export_started", map[string]any{"exportId": "x1", "status": "pending"}},
 			{`UPDATE export_requests SET progress = 40 WHERE id = 'x1'`, "export_progress", map[string]any{"exportId": "x1", "progress": float64(40)}},
 			{`UPDATE export_requests SET status = 'ready', download_url = 'https://dl/x1.zip', expires_at = '2030-01-01T00:00:00Z' WHERE id = 'x1'`,
-				"export_ready", map[string]any{"exportId": "x1", "downloadUrl": "https://dl/x1.zip", "expiresAt": nil}},
+				"export_ready", map[string]any{"exportId": "x1", "downloadUrl": "https://dl/x1.zip", "expiresAt": float64(1893456000000)}},
 			{`INSERT INTO export_requests (id, project_id, facilitator_id) VALUES ('x2', 'p1', 'fac')`, "export_started", map[string]any{"exportId": "x2", "status": "pending"}},
 			{`UPDATE export_requests SET status = 'failed', error = 'disk full' WHERE id = 'x2'`, "export_failed", map[string]any{"exportId": "x2", "error": "disk full"}},
 		}
@@ -717,6 +722,13 @@ func TestSSEDatabase(t *testing.T) {
 				for _, k := range strings.Split(path, ".") {
 					m, _ := got.(map[string]any)
 					got = m[k]
+				}
+				if _, ok := want.(nowMs); ok {
+					// Times are epoch ms (docs/protocol.md section 6).
+					if ms, isNum := got.(float64); !isNum || time.Since(time.UnixMilli(int64(ms))).Abs() > time.Minute {
+						t.Errorf("%s: data.%s = %v, want the epoch ms of about now", st.event, path, got)
+					}
+					continue
 				}
 				if got == nil || (want != nil && got != want) {
 					t.Errorf("%s: data.%s = %v, want %v (data %v)", st.event, path, got, want, data)

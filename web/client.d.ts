@@ -89,16 +89,22 @@ export interface Story {
   title: string
   status: string
   audioUrl: string | null
-  createdAt: string
+  /** epoch ms */
+  createdAt: number
   [key: string]: unknown
 }
 
 export interface Interaction {
   id: string
   storyId: string
-  facilitatorId: string
+  /** null once the facilitator's user is deleted */
+  facilitatorId: string | null
   type: 'comment' | 'followup' | string
   content: string
+  /** epoch ms; null until answered */
+  answeredAt: number | null
+  /** epoch ms */
+  createdAt: number
   [key: string]: unknown
 }
 
@@ -130,13 +136,14 @@ export interface SagaEventData {
   story_uploaded: { story: Story }
   story_processing: { storyId: string; status: string }
   story_processed: { storyId: string; status: string }
-  transcript_updated: { storyId: string; transcript: string }
+  transcript_updated: { storyId: string; transcript: string | null }
   interaction_added: { interaction: Interaction; storyId: string }
   interaction_updated: { interaction: Interaction; storyId: string }
   export_started: { exportId: string; status: string }
   export_progress: { exportId: string; progress: number }
-  export_ready: { exportId: string; downloadUrl: string; expiresAt: string }
-  export_failed: { exportId: string; error: string }
+  /** expiresAt in epoch ms; downloadUrl and expiresAt are null when the export row has none */
+  export_ready: { exportId: string; status: string; downloadUrl: string | null; expiresAt: number | null }
+  export_failed: { exportId: string; status: string; error: string | null }
 }
 
 export type Unsubscribe = () => void
