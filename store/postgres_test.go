@@ -354,11 +354,16 @@ func TestTriggersFireEveryEvent(t *testing.T) {
 		t.Fatalf("Head = %d, %v; want %d", head, err, last)
 	}
 
-	// The story's createdAt is the row's created_at.
+	// The story's createdAt is the row's created_at, in epoch ms.
 	evs, _, _ := p.After(ctx, "p1", 0, 1)
-	created := dataOf(t, evs[0])["story"].(map[string]any)["createdAt"].(string)
-	if _, err := time.Parse(time.RFC3339Nano, created); err != nil {
-		t.Errorf("createdAt %q: %v", created, err)
+	story := dataOf(t, evs[0])["story"].(map[string]any)
+	created, _ := story["createdAt"].(float64)
+	var rowMs float64
+	if err := openDB(t, dbURL).GetContext(ctx, &rowMs, `SELECT floor(extract(epoch FROM created_at) * 1000) FROM stories WHERE id = $1`, story["id"]); err != nil {
+		t.Fatal(err)
+	}
+	if created != rowMs {
+		t.Errorf("createdAt %v, want the row's created_at in epoch ms, %v", created, rowMs)
 	}
 }
 
