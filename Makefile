@@ -4,7 +4,7 @@
 GO ?= go
 BIN := bin/sagapush
 
-.PHONY: build run test test-short lint fuzz bench clean
+.PHONY: typecheck pack build run test test-short lint fuzz bench clean
 
 build:
 	$(GO) build -o $(BIN) .
@@ -12,9 +12,25 @@ build:
 run: build
 	./$(BIN) serve
 
-test:
+test: typecheck pack
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# The browser client as an npm package (web/package.json) and a strict
+# TypeScript check of an example program against its types
+# (web/typecheck). They need Node.js and npm: without them they are skipped,
+# except under CI=true, where that fails.
+NPM_MISSING = { if [ "$$CI" = true ]; then echo "$@: npm is required (apt-get install nodejs npm; .ci/run installs it)"; exit 1; fi; echo "$@: skipped: no npm"; exit 0; }
+
+typecheck:
+	@command -v npm >/dev/null || $(NPM_MISSING)
+	cd web/typecheck && npm ci --no-audit --no-fund --silent && npx --no-install tsc -p .
+
+pack:
+	@command -v npm >/dev/null || $(NPM_MISSING)
+	@d=$$(mktemp -d) && cd web && npm pack --silent --pack-destination "$$d" >/dev/null && \
+		tar -tzf "$$d"/*.tgz | sort | tr '\n' ' ' | grep -q '^package/client.d.ts package/client.js package/package.json $$' && \
+		echo "pack: $$(ls "$$d") holds client.js, client.d.ts, package.json" && rm -rf "$$d"
 
 test-short:
 	$(GO) test -race -count=1 -short ./...
