@@ -12,9 +12,12 @@ import (
 	gotoken "go/token"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+
+	"sagapush/internal/testsupport"
 )
 
 // envReads parses the package's non-test files and returns the names
@@ -209,6 +212,15 @@ func TestShellQuote(t *testing.T) {
 	for in, want := range map[string]string{"./bin/sagapush": "./bin/sagapush", "/a b/sagapush": "'/a b/sagapush'", "it's": `'it'\''s'`} {
 		if got := shellQuote(in); got != want {
 			t.Errorf("shellQuote(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// The test servers start with none of the settings inherited.
+func TestTestEnvClearsEverySetting(t *testing.T) {
+	for _, s := range settings {
+		if !slices.Contains(testsupport.ServerEnvKeys, s.name) {
+			t.Errorf("%s is missing from testsupport.ServerEnvKeys", s.name)
 		}
 	}
 }
