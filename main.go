@@ -46,28 +46,46 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		cmd, args = args[0], args[1:]
+	if len(args) > 0 {
+		switch a := args[0]; {
+		case a == "-h" || a == "-help" || a == "--help":
+			cmd, args = "help", args[1:]
+		case !strings.HasPrefix(a, "-"):
+			cmd, args = a, args[1:]
+		}
 	}
 	var err error
 	switch cmd {
 	case "serve":
 		err = serve(args, stdout, stderr)
 	case "migrate":
-		err = migrate(stderr)
+		err = migrate(args, stdout, stderr)
 	case "token":
 		err = token(args, stdout)
-	case "help", "-h", "--help":
-		fmt.Fprintln(stdout, "usage: sagapush [serve] | migrate | token --user ID [--name N] [--role admin|service] [--projects P1,P2] [--ttl 15m]")
-		return 0
+	case "version":
+		err = version(args, stdout)
+	case "help":
+		switch len(args) {
+		case 0:
+			printHelp(stdout)
+		case 1:
+			err = printCommandHelp(stdout, args[0], nil)
+		default:
+			err = usageError{errors.New("help takes at most one command")}
+		}
 	default:
-		err = fmt.Errorf("unknown command %q (serve, migrate, token)", cmd)
+		err = unknownCommand(cmd)
 	}
-	if err != nil {
-		fmt.Fprintln(stderr, "sagapush:", err)
-		return 1
+	if err == nil {
+		return 0
 	}
-	return 0
+	// The one place an error is prefixed: the functions above return
+	// errors without the program's name.
+	fmt.Fprintln(stderr, "sagapush:", err)
+	if errors.As(err, new(usageError)) {
+		return 2
+	}
+	return 1
 }
 
 // config is the environment of docs/protocol.md section 2, plus the operator's knobs
@@ -113,44 +131,44 @@ type config struct {
 
 func loadConfig() (config, error) {
 	var errs []error
-	ms := func(name string, def int) time.Duration {
-		return time.Duration(intEnv(name, def, &errs)) * time.Millisecond
+	ms := func(name string) time.Duration {
+		return time.Duration(intEnv(name, &errs)) * time.Millisecond
 	}
 	c := config{
-		Port:            envOr("PORT", "3001"),
-		DatabaseURL:     os.Getenv("DATABASE_URL"),
-		JWTSecret:       os.Getenv("JWT_SECRET"),
-		JWTPublicKey:    os.Getenv("JWT_PUBLIC_KEY_FILE"),
-		JWTJWKSURL:      os.Getenv("JWT_JWKS_URL"),
-		JWTIssuer:       os.Getenv("JWT_ISSUER"),
-		JWTAudience:     os.Getenv("JWT_AUDIENCE"),
-		JWTLeeway:       ms("JWT_LEEWAY_MS", 30000),
-		PingInterval:    ms("WEBSOCKET_PING_INTERVAL", 25000),
-		PingTimeout:     ms("WEBSOCKET_PING_TIMEOUT", 60000),
-		RateWindow:      ms("RATE_LIMIT_WINDOW_MS", 60000),
-		RateMax:         intEnv("RATE_LIMIT_MAX_EVENTS", 100, &errs),
-		SSEHeartbeat:    ms("SSE_HEARTBEAT_MS", 15000),
-		MaxConnsPerUser: intEnv("MAX_CONNECTIONS_PER_USER", 100, &errs),
-		HandshakeRate:   float64(intEnv("HANDSHAKES_PER_SECOND", 1000, &errs)),
-		HandshakeBurst:  intEnv("HANDSHAKE_BURST", 1000, &errs),
-		ShutdownGrace:   ms("SHUTDOWN_GRACE_MS", 10000),
-		ReconnectAfter:  ms("RECONNECT_AFTER_MS", 2000),
-		AutoMigrate:     envOr("AUTO_MIGRATE", "true") != "false",
-		Retention:       time.Duration(intEnv("EVENT_RETENTION_HOURS", 7*24, &errs)) * time.Hour,
-		CompressAbove:   intEnv("WS_COMPRESS_ABOVE", 1024, &errs),
-		QueueLimit:      intEnv("QUEUE_LIMIT", 4096, &errs),
-		QueueLimitBytes: intEnv("QUEUE_LIMIT_BYTES", 4<<20, &errs),
-		HistorySize:     intEnv("ROOM_HISTORY", 256, &errs),
-		MaxReplay:       intEnv("MAX_REPLAY", 2000, &errs),
-		MemoryHistory:   intEnv("EMBEDDED_HISTORY", 10000, &errs),
-		AuthTimeout:     ms("AUTH_TIMEOUT_MS", 10000),
-		TicketTTL:       ms("TICKET_TTL_MS", 30000),
-		AllowTokenInURL: boolEnv("ALLOW_TOKEN_IN_URL", true, &errs),
-		MetricsToken:    os.Getenv("METRICS_TOKEN"),
-		ConnsPerAddress: intEnv("HTTP_CONNS_PER_ADDRESS", 512, &errs),
-		PresenceGrace:   ms("PRESENCE_GRACE_MS", 5000),
-		PresenceTTL:     ms("PRESENCE_TTL_MS", 30000),
-		PresenceMax:     intEnv("PRESENCE_MAX_USERS", 100, &errs),
+		Port:            envOr("PORT"),
+		DatabaseURL:     env("DATABASE_URL"),
+		JWTSecret:       env("JWT_SECRET"),
+		JWTPublicKey:    env("JWT_PUBLIC_KEY_FILE"),
+		JWTJWKSURL:      env("JWT_JWKS_URL"),
+		JWTIssuer:       env("JWT_ISSUER"),
+		JWTAudience:     env("JWT_AUDIENCE"),
+		JWTLeeway:       ms("JWT_LEEWAY_MS"),
+		PingInterval:    ms("WEBSOCKET_PING_INTERVAL"),
+		PingTimeout:     ms("WEBSOCKET_PING_TIMEOUT"),
+		RateWindow:      ms("RATE_LIMIT_WINDOW_MS"),
+		RateMax:         intEnv("RATE_LIMIT_MAX_EVENTS", &errs),
+		SSEHeartbeat:    ms("SSE_HEARTBEAT_MS"),
+		MaxConnsPerUser: intEnv("MAX_CONNECTIONS_PER_USER", &errs),
+		HandshakeRate:   float64(intEnv("HANDSHAKES_PER_SECOND", &errs)),
+		HandshakeBurst:  intEnv("HANDSHAKE_BURST", &errs),
+		ShutdownGrace:   ms("SHUTDOWN_GRACE_MS"),
+		ReconnectAfter:  ms("RECONNECT_AFTER_MS"),
+		AutoMigrate:     envOr("AUTO_MIGRATE") != "false",
+		Retention:       time.Duration(intEnv("EVENT_RETENTION_HOURS", &errs)) * time.Hour,
+		CompressAbove:   intEnv("WS_COMPRESS_ABOVE", &errs),
+		QueueLimit:      intEnv("QUEUE_LIMIT", &errs),
+		QueueLimitBytes: intEnv("QUEUE_LIMIT_BYTES", &errs),
+		HistorySize:     intEnv("ROOM_HISTORY", &errs),
+		MaxReplay:       intEnv("MAX_REPLAY", &errs),
+		MemoryHistory:   intEnv("EMBEDDED_HISTORY", &errs),
+		AuthTimeout:     ms("AUTH_TIMEOUT_MS"),
+		TicketTTL:       ms("TICKET_TTL_MS"),
+		AllowTokenInURL: boolEnv("ALLOW_TOKEN_IN_URL", &errs),
+		MetricsToken:    env("METRICS_TOKEN"),
+		ConnsPerAddress: intEnv("HTTP_CONNS_PER_ADDRESS", &errs),
+		PresenceGrace:   ms("PRESENCE_GRACE_MS"),
+		PresenceTTL:     ms("PRESENCE_TTL_MS"),
+		PresenceMax:     intEnv("PRESENCE_MAX_USERS", &errs),
 	}
 	if c.PresenceTTL < 500*time.Millisecond {
 		// Leases last half of it and are renewed every sixth: shorter
@@ -167,16 +185,16 @@ func loadConfig() (config, error) {
 		// The embedded store trims its history to half this size at once.
 		errs = append(errs, fmt.Errorf("EMBEDDED_HISTORY must be at least 2, not %d", c.MemoryHistory))
 	}
-	for _, o := range strings.Split(os.Getenv("WEBSOCKET_CORS_ORIGIN"), ",") {
+	for _, o := range strings.Split(env("WEBSOCKET_CORS_ORIGIN"), ",") {
 		if o = strings.TrimSpace(o); o != "" {
 			c.Origins = append(c.Origins, o)
 		}
 	}
 	c.LogLevel = slog.LevelInfo
-	if os.Getenv("DEBUG") == "1" {
+	if env("DEBUG") == "1" {
 		c.LogLevel = slog.LevelDebug
 	}
-	if lv := os.Getenv("LOG_LEVEL"); lv != "" {
+	if lv := env("LOG_LEVEL"); lv != "" {
 		if err := c.LogLevel.UnmarshalText([]byte(lv)); err != nil {
 			errs = append(errs, fmt.Errorf("LOG_LEVEL: %w", err))
 		}
@@ -184,22 +202,20 @@ func loadConfig() (config, error) {
 	return c, errors.Join(errs...)
 }
 
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
-func intEnv(name string, def int, errs *[]error) int {
-	return parseEnv(name, def, "a non-negative integer", errs, func(v string) (int, bool) {
+// intEnv reads an integer setting, its default (from settings) when unset.
+func intEnv(name string, errs *[]error) int {
+	return parseEnv(name, intDefault(name), "a non-negative integer", errs, func(v string) (int, bool) {
 		n, err := strconv.Atoi(v)
 		return n, err == nil && n >= 0
 	})
 }
 
 // boolEnv is strict: a typo in a security switch must not pass as its default.
-func boolEnv(name string, def bool, errs *[]error) bool {
+func boolEnv(name string, errs *[]error) bool {
+	def, err := strconv.ParseBool(settingDefault(name))
+	if err != nil {
+		panic("setting " + name + ": default is not a bool")
+	}
 	return parseEnv(name, def, "true or false", errs, func(v string) (bool, bool) {
 		b, err := strconv.ParseBool(v)
 		return b, err == nil
@@ -209,7 +225,7 @@ func boolEnv(name string, def bool, errs *[]error) bool {
 // parseEnv reads the variable with parse, def when it is unset; a value
 // that parse refuses is reported in errs.
 func parseEnv[T any](name string, def T, want string, errs *[]error, parse func(string) (T, bool)) T {
-	v := os.Getenv(name)
+	v := env(name)
 	if v == "" {
 		return def
 	}
@@ -221,11 +237,16 @@ func parseEnv[T any](name string, def T, want string, errs *[]error, parse func(
 	return x
 }
 
+func serveFlags() (fs *flag.FlagSet, port *string, noMigrate *bool) {
+	fs = flag.NewFlagSet("serve", flag.ContinueOnError)
+	port = fs.String("port", "", "HTTP port (overrides PORT)")
+	noMigrate = fs.Bool("no-migrate", false, "do not apply migrations at start (as AUTO_MIGRATE=false)")
+	return fs, port, noMigrate
+}
+
 func serve(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	port := fs.String("port", "", "HTTP port (PORT)")
-	noMigrate := fs.Bool("no-migrate", false, "do not apply migrations at start (AUTO_MIGRATE=false)")
-	if err := fs.Parse(args); err != nil {
+	fs, port, noMigrate := serveFlags()
+	if done, err := parseFlags(fs, args, stdout); done || err != nil {
 		return err
 	}
 	cfg, err := loadConfig()
@@ -237,11 +258,11 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	slog.SetDefault(log)
-	if os.Getenv("GOGC") == "" {
+	if env("GOGC") == "" {
 		// Idle connections are most of this service's memory; a tighter
 		// heap goal keeps less of it resident per connection, at no
 		// throughput cost the bench measures (docs/performance.md).
-		debug.SetGCPercent(50)
+		debug.SetGCPercent(intDefault("GOGC"))
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -251,7 +272,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	if cfg.DatabaseURL != "" {
 		if cfg.AutoMigrate && !*noMigrate {
 			if err := store.Migrate(ctx, cfg.DatabaseURL); err != nil {
-				return fmt.Errorf("migrate: %w", err)
+				return fmt.Errorf("migrate: %w", err) // the only prefix: store.Migrate adds none
 			}
 		}
 		pg, err := store.OpenPostgres(ctx, cfg.DatabaseURL, store.PostgresOptions{Retention: cfg.Retention, Logger: log})
@@ -264,6 +285,8 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	}
 	defer st.Close()
 
+	// A secret generated here signs only this process's demo tokens: the
+	// demo prints it (stdout, never the log) so that its token command works.
 	embeddedDemo := false
 	if st.Mode() == "embedded" && cfg.JWTSecret == "" && cfg.JWTPublicKey == "" && cfg.JWTJWKSURL == "" {
 		b := make([]byte, 32)
@@ -333,7 +356,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 		Presence: pres, Members: st,
 		WS: ws, SSE: sse, Origins: cfg.Origins,
 		Gatherer: reg, MetricsToken: cfg.MetricsToken, Unauthenticated: ws.Unauthenticated,
-		Web: web.Files, Logger: log, Pprof: os.Getenv("PPROF") == "1",
+		Web: web.Files, Logger: log, Pprof: env("PPROF") == "1",
 	})
 
 	ln, err := net.Listen("tcp", ":"+cfg.Port)
@@ -397,56 +420,83 @@ type storeSink struct {
 	*presence.Tracker
 }
 
+// printDemo prints what works against this server: the demo page, a
+// WebSocket and a publish line, and a token command. The token command
+// carries the generated secret: it signs only this process's demo tokens
+// and dies with it, and the service token printed above already grants as
+// much. It goes to stdout, never the log, and never when an operator set a
+// key (then this is not called).
 func printDemo(w io.Writer, secret []byte, port int) {
-	user, _ := auth.Mint(secret, auth.Claims{UserID: "demo-user", Name: "Demo User", Projects: []string{"demo-project"}}, 24*time.Hour)
+	user, _ := auth.Mint(secret, auth.Claims{UserID: "demo-user", Name: "Demo User", Projects: []string{demoProject}}, 24*time.Hour)
 	service, _ := auth.Mint(secret, auth.Claims{UserID: "demo-backend", Role: "service"}, 24*time.Hour)
 	base := fmt.Sprintf("http://localhost:%d", port)
 	fmt.Fprintf(w, `
 Saga push is running in embedded mode (no DATABASE_URL): events live in memory.
 
-  Demo page:   %s/#token=%s&project=demo-project&serviceToken=%s
+  Demo page:   %s/#token=%s&project=%s&serviceToken=%s
   WebSocket:   websocat -H 'Authorization: Bearer %s' '%s/ws'
-                 then send {"event":"join_project","data":{"projectId":"demo-project"},"ack":1}
+                 then send {"event":"join_project","data":{"projectId":"%s"},"ack":1}
   Publish:     curl -X POST %s/api/events -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' \
-                 -d '{"projectId":"demo-project","event":"story_uploaded","data":{"story":{"id":"s1","title":"First day of school"}}}'
+                 -d '{"projectId":"%s","event":"story_uploaded","data":{"story":{"id":"s1","title":"First day of school"}}}'
   Health:      curl %s/api/websocket/health
+  More tokens: JWT_SECRET=%s %s token --user alice --name Alice --projects %s
 
-These tokens are signed with a secret generated at start; set JWT_SECRET to keep them across restarts.
-`, base, user, service, user, strings.Replace(base, "http", "ws", 1), base, service, base)
+These tokens are signed with a secret generated at start, for this run only; set JWT_SECRET to keep them across restarts.
+`, base, user, demoProject, service, user, strings.Replace(base, "http", "ws", 1), demoProject, base, service, demoProject, base,
+		secret, selfCommand(), demoProject)
 }
 
-func migrate(stderr io.Writer) error {
-	url := os.Getenv("DATABASE_URL")
+// demoProject is the project of the demo's tokens and page.
+const demoProject = "demo-project"
+
+func migrate(args []string, stdout, stderr io.Writer) error {
+	if done, err := parseFlags(flag.NewFlagSet("migrate", flag.ContinueOnError), args, stdout); done || err != nil {
+		return err
+	}
+	url := env("DATABASE_URL")
 	if url == "" {
-		return errors.New("DATABASE_URL is not set")
+		return errors.New("migrate: DATABASE_URL is not set")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := store.Migrate(ctx, url); err != nil {
-		return err
+		return fmt.Errorf("migrate: %w", err) // store.Migrate's errors do not say what failed
 	}
 	fmt.Fprintln(stderr, "migrations applied")
 	return nil
 }
 
-func token(args []string, stdout io.Writer) error {
+// tokenOptions are the token command's flags.
+type tokenOptions struct {
+	user, name, role, projects *string
+	ttl                        *time.Duration
+}
+
+func tokenFlags() (*flag.FlagSet, tokenOptions) {
 	fs := flag.NewFlagSet("token", flag.ContinueOnError)
-	user := fs.String("user", "", "user id (required)")
-	name := fs.String("name", "", "display name")
-	role := fs.String("role", "", "admin or service")
-	projects := fs.String("projects", "", "comma list of project ids (embedded mode access)")
-	ttl := fs.Duration("ttl", 15*time.Minute, "lifetime")
-	if err := fs.Parse(args); err != nil {
+	return fs, tokenOptions{
+		user:     fs.String("user", "", "user id, the token's userId and sub (required)"),
+		name:     fs.String("name", "", "display name"),
+		role:     fs.String("role", "", "admin or service"),
+		projects: fs.String("projects", "", "comma list of project ids (embedded mode access)"),
+		ttl:      fs.Duration("ttl", 15*time.Minute, "lifetime (0: no exp)"),
+	}
+}
+
+func token(args []string, stdout io.Writer) error {
+	fs, o := tokenFlags()
+	if done, err := parseFlags(fs, args, stdout); done || err != nil {
 		return err
 	}
-	secret := os.Getenv("JWT_SECRET")
+	user, name, role, projects, ttl := o.user, o.name, o.role, o.projects, o.ttl
+	secret := env("JWT_SECRET")
 	switch {
 	case *user == "":
-		return errors.New("--user is required")
+		return usageError{errors.New("token: --user is required (see 'sagapush token --help')")}
 	case secret == "":
-		return errors.New("JWT_SECRET is not set")
+		return errors.New("token: JWT_SECRET is not set")
 	case *role != "" && *role != "admin" && *role != "service":
-		return errors.New("--role must be admin or service")
+		return usageError{errors.New("token: --role must be admin or service")}
 	}
 	c := auth.Claims{UserID: *user, Name: *name, Role: *role}
 	for _, p := range strings.Split(*projects, ",") {

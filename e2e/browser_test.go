@@ -566,3 +566,29 @@ func TestBrowserNoTokenInURL(t *testing.T) {
 		})
 	}
 }
+
+// (f) The demo page's help names the real binary and project, and a
+// SERVER_SHUTDOWN banner goes once the page is connected again to a
+// restarted server.
+func TestBrowserDemoBannerClears(t *testing.T) {
+	t.Parallel()
+	env := []string{"PORT=" + strconv.Itoa(testsupport.FreePort(t)), "RECONNECT_AFTER_MS=200"}
+	s1 := startServer(t, env...)
+	user := s1.token(t, auth.Claims{UserID: "alice", Name: "Alice", Projects: []string{"demo-project"}}, time.Hour)
+	ctx := newBrowser(t)
+	browserRun(t, ctx, "opening the demo page", chromedp.Navigate(s1.URL+"/#"+url.Values{"token": {user}, "project": {"demo-project"}}.Encode()))
+	browserUntil(t, ctx, "the page to connect", `document.body.dataset.state === 'connected'`, browserWait)
+	if help := browserEval[string](t, ctx, `document.getElementById('token-command').textContent`); help != "./bin/sagapush token --user alice --name Alice --projects demo-project" {
+		t.Errorf("the page's token command is %q", help)
+	}
+
+	s1.stop(t)
+	const banner = `document.querySelector('#errors [data-code="SERVER_SHUTDOWN"]')`
+	browserUntil(t, ctx, "the SERVER_SHUTDOWN banner", banner+` !== null`, browserWait)
+	browserUntil(t, ctx, "the page to notice", `document.body.dataset.state !== 'connected'`, browserWait)
+	startServer(t, env...)
+	browserUntil(t, ctx, "the page to reconnect", `document.body.dataset.state === 'connected'`, 30*time.Second)
+	if browserEval[bool](t, ctx, banner+` !== null`) {
+		t.Error("the SERVER_SHUTDOWN banner is still shown once connected again")
+	}
+}

@@ -4,8 +4,10 @@
 // nginx where a test needs them. The package has no code besides its tests.
 //
 // The tests, by subject: ws_test.go, sse_test.go, api_test.go (the HTTP API
-// and the token command), apirules_test.go (what every API request passes:
-// origin, header token, JSON; METRICS_TOKEN; unauthenticated counts),
+// and the token command), cli_test.go (help, version, error lines, the
+// token command embedded mode prints; runBin), apirules_test.go (what
+// every API request passes: origin, header token, JSON; METRICS_TOKEN;
+// unauthenticated counts),
 // deadline_test.go (the 10 s for a request to arrive, connections per
 // address), pg_test.go (Postgres, several instances), pg_users_test.go
 // (deleted users), presence_test.go (who is online), hangup_test.go (a

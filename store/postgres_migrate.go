@@ -22,7 +22,8 @@ import (
 // to do. Each migration file runs as one implicit transaction.
 //
 // ctx bounds connecting; once migrating, the current migration always runs
-// to its end (a cancelled ctx stops before the next one).
+// to its end (a cancelled ctx stops before the next one). Its errors carry
+// no prefix: the caller says what failed.
 func Migrate(ctx context.Context, databaseURL string) (err error) {
 	dsn, err := withConnParams(databaseURL, false, "sagapush-migrate")
 	if err != nil {
@@ -35,23 +36,23 @@ func Migrate(ctx context.Context, databaseURL string) (err error) {
 	defer db.Close()
 	conn, err := db.Conn(ctx)
 	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
+		return err
 	}
 	drv, err := pgmigrate.WithConnection(ctx, conn, &pgmigrate.Config{})
 	if err != nil {
 		conn.Close()
-		return fmt.Errorf("migrate: %w", err)
+		return err
 	}
 	src, err := iofs.New(migrations.FS, ".")
 	if err != nil {
 		drv.Close()
-		return fmt.Errorf("migrate: %w", err)
+		return err
 	}
 	m, err := migrate.NewWithInstance("iofs", src, "postgres", drv)
 	if err != nil {
 		src.Close()
 		drv.Close()
-		return fmt.Errorf("migrate: %w", err)
+		return err
 	}
 	defer func() {
 		srcErr, dbErr := m.Close()
@@ -80,12 +81,12 @@ func Migrate(ctx context.Context, databaseURL string) (err error) {
 			prev = int(p)
 		}
 		if ferr := m.Force(prev); ferr != nil {
-			return fmt.Errorf("migrate: clearing dirty version %d: %w", dirty.Version, ferr)
+			return fmt.Errorf("clearing dirty version %d: %w", dirty.Version, ferr)
 		}
 		err = m.Up()
 	}
 	if err != nil && !errors.Is(err, migrate.ErrNoChange) {
-		return fmt.Errorf("migrate: %w", err)
+		return err
 	}
 	return nil
 }

@@ -17,7 +17,7 @@ import (
 
 // ServerEnvKeys are the server's configuration variables: a test's server
 // starts with none of them inherited from the environment, only those the
-// test sets.
+// test sets. main_test.go checks it against the binary's settings table.
 var ServerEnvKeys = []string{
 	"PORT", "DATABASE_URL", "JWT_SECRET", "JWT_PUBLIC_KEY_FILE", "JWT_JWKS_URL", "JWT_ISSUER", "JWT_AUDIENCE", "JWT_LEEWAY_MS",
 	"WEBSOCKET_CORS_ORIGIN", "WEBSOCKET_PING_INTERVAL", "WEBSOCKET_PING_TIMEOUT", "RATE_LIMIT_WINDOW_MS",
@@ -25,6 +25,7 @@ var ServerEnvKeys = []string{
 	"HANDSHAKE_BURST", "SHUTDOWN_GRACE_MS", "RECONNECT_AFTER_MS", "AUTO_MIGRATE", "EVENT_RETENTION_HOURS",
 	"WS_COMPRESS_ABOVE", "QUEUE_LIMIT", "QUEUE_LIMIT_BYTES", "ROOM_HISTORY", "MAX_REPLAY", "EMBEDDED_HISTORY", "AUTH_TIMEOUT_MS",
 	"TICKET_TTL_MS", "ALLOW_TOKEN_IN_URL", "DEBUG", "LOG_LEVEL", "PPROF", "GOGC", "METRICS_TOKEN", "HTTP_CONNS_PER_ADDRESS",
+	"PRESENCE_GRACE_MS", "PRESENCE_TTL_MS", "PRESENCE_MAX_USERS",
 }
 
 // CleanEnv returns os.Environ() without ServerEnvKeys.
