@@ -7,7 +7,7 @@ BIN := bin/sagapush
 .PHONY: typecheck pack build run test test-short lint fuzz bench clean
 
 build:
-	$(GO) build -o $(BIN) .
+	$(GO) build -buildvcs=auto -o $(BIN) .
 
 run: build
 	./$(BIN) serve

@@ -52,7 +52,9 @@ func testMain(m *testing.M) (int, error) {
 	defer os.RemoveAll(dir)
 	binPath = filepath.Join(dir, "sagapush")
 	// The module's root package, whatever the working directory (this one).
-	cmd := exec.Command("go", "build", "-race", "-o", binPath, "sagapush")
+	// -buildvcs=auto stamps the commit (sagapush version) from a clone,
+	// whatever GOFLAGS says.
+	cmd := exec.Command("go", "build", "-race", "-buildvcs=auto", "-o", binPath, "sagapush")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		return 0, fmt.Errorf("go build -race sagapush: %w", err)
