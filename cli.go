@@ -119,6 +119,8 @@ var commands = []command{
 	{"migrate", "sagapush migrate", "apply the database migrations to DATABASE_URL and exit", "", []string{"DATABASE_URL"}},
 	{"token", "sagapush token --user ID [--name N] [--role admin|service] [--projects P1,P2] [--ttl 15m]",
 		"print an HS256 token signed with JWT_SECRET (for development and the demo)", "sagapush token --user ID [flags]", []string{"JWT_SECRET"}},
+	{"demo", "sagapush demo [--url http://localhost:PORT]",
+		"with DATABASE_URL and JWT_SECRET: migrate, seed a demo family and print its demo page's URLs and tokens", "sagapush demo [--url URL]", []string{"DATABASE_URL", "JWT_SECRET", "PORT"}},
 	{"version", "sagapush version", "print the version and the commit it was built from", "", []string{}},
 	{"help", "sagapush help [command]", "this help, or one command's", "", []string{}},
 }
@@ -203,7 +205,7 @@ func hasFlags(fs *flag.FlagSet) bool {
 }
 
 func unknownCommand(name string) error {
-	return usageError{fmt.Errorf("unknown command %q (commands: serve, migrate, token, version, help; see 'sagapush help')", name)}
+	return usageError{fmt.Errorf("unknown command %q (commands: serve, migrate, token, demo, version, help; see 'sagapush help')", name)}
 }
 
 // commandFlags is a command's flag set, for its help.
@@ -214,6 +216,9 @@ func commandFlags(name string) *flag.FlagSet {
 		return fs
 	case "token":
 		fs, _ := tokenFlags()
+		return fs
+	case "demo":
+		fs, _ := demoFlags()
 		return fs
 	}
 	return nil

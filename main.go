@@ -62,6 +62,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = migrate(args, stdout, stderr)
 	case "token":
 		err = token(args, stdout)
+	case "demo":
+		err = demo(args, stdout)
 	case "version":
 		err = version(args, stdout)
 	case "help":
@@ -509,5 +511,64 @@ func token(args []string, stdout io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(stdout, t)
+	return nil
+}
+
+func demoFlags() (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	return fs, fs.String("url", "", "the server's URL as a browser reaches it (default http://localhost:PORT)")
+}
+
+// demo is the Postgres path's first step: it migrates DATABASE_URL, seeds
+// a demo family (store.Demo) and prints, for the server that `serve` will
+// start, a demo page URL for each member, a service token and a change
+// that fires a trigger. Tokens last a day and are signed with JWT_SECRET, as
+// the Saga backend signs its users' tokens in production.
+func demo(args []string, stdout io.Writer) error {
+	fs, url := demoFlags()
+	if done, err := parseFlags(fs, args, stdout); done || err != nil {
+		return err
+	}
+	dbURL, secret := env("DATABASE_URL"), env("JWT_SECRET")
+	switch {
+	case dbURL == "":
+		return errors.New("demo: DATABASE_URL is not set (without a database, `serve` alone prints a demo)")
+	case secret == "":
+		return errors.New("demo: JWT_SECRET is not set: the demo's tokens are signed with it, and serve must verify them with it")
+	}
+	base := *url
+	if base == "" {
+		base = "http://localhost:" + envOr("PORT")
+	}
+	base = strings.TrimSuffix(base, "/")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := store.Migrate(ctx, dbURL); err != nil {
+		return fmt.Errorf("demo: migrate: %w", err)
+	}
+	f := store.Demo
+	if err := store.SeedDemo(ctx, dbURL, f); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	mint := func(c auth.Claims) string {
+		t, _ := auth.Mint([]byte(secret), c, 24*time.Hour)
+		return t
+	}
+	// Names come from users.name: the tokens carry the id only, as Saga's do.
+	fac := mint(auth.Claims{UserID: f.FacilitatorID})
+	st := mint(auth.Claims{UserID: f.StorytellerID})
+	svc := mint(auth.Claims{UserID: "demo-backend", Role: auth.RoleService})
+	fmt.Fprintf(stdout, `Demo family seeded: project %q (%s), facilitator %q (%s), storyteller %q (%s).
+Start the server (sagapush serve), then open:
+
+  As the facilitator: %s/#token=%s&project=%s&serviceToken=%s
+  As the storyteller: %s/#token=%s&project=%s
+
+  Service token (publish, stats): %s
+  A story from the database:      psql "$DATABASE_URL" -c "INSERT INTO stories (project_id, title) VALUES ('%s', 'First day of school')"
+
+Membership: a user may join a project when it is the project's facilitator_id or storyteller_id, or has a project_roles row for it.
+`, f.ProjectID, f.ProjectName, f.FacilitatorID, f.FacilitatorName, f.StorytellerID, f.StorytellerName,
+		base, fac, f.ProjectID, svc, base, st, f.ProjectID, svc, f.ProjectID)
 	return nil
 }

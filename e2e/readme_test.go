@@ -1,0 +1,125 @@
+package e2e
+
+// The README's Postgres quickstart, run as written on a fresh database:
+// create it, seed the demo family, serve; then the demo page the seed
+// printed, in Chromium, shows a story the database commits.
+
+import (
+	"bufio"
+	"database/sql"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"sagapush/store/pgtest"
+)
+
+// readmeBlock returns the lines of the shell block after the marker.
+func readmeBlock(t *testing.T, marker string) []string {
+	t.Helper()
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), marker)
+	if !ok {
+		t.Fatalf("README.md has no %q", marker)
+	}
+	_, rest, _ = strings.Cut(rest, "```sh\n")
+	block, _, ok := strings.Cut(rest, "```")
+	if !ok {
+		t.Fatal("the README's block does not end")
+	}
+	return strings.Split(strings.TrimSpace(block), "\n")
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func TestREADMEPostgresQuickstart(t *testing.T) {
+	t.Parallel()
+	lines := readmeBlock(t, "<!-- postgres-quickstart")
+	if len(lines) != 4 || !strings.HasPrefix(lines[0], "createdb ") || !strings.HasSuffix(lines[3], " serve") {
+		t.Fatalf("the quickstart is no longer createdb, export, demo, serve: %q", lines)
+	}
+	// As written, but for the database's name (tests make their own, on the
+	// shared server) and the binary (this test's build).
+	name := fmt.Sprintf("sagapush_readme_%d", time.Now().UnixNano())
+	admin, err := sql.Open("postgres", pgtest.AdminURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
+		admin.Close()
+	})
+	dbName := regexp.MustCompile(`\bsaga\b`)
+	for i, l := range lines {
+		l = strings.ReplaceAll(l, "./bin/sagapush", binPath)
+		if i < 2 {
+			l = dbName.ReplaceAllString(l, name)
+		}
+		lines[i] = l
+	}
+	if !strings.Contains(lines[1], "/"+name+"?") {
+		t.Fatalf("the export line names no database saga: %q", lines[1])
+	}
+	port := freePort(t)
+	script := strings.Join(lines[:3], "\n") + "\nprintf 'DATABASE_URL=%s\\nJWT_SECRET=%s\\n' \"$DATABASE_URL\" \"$JWT_SECRET\"\n"
+	cmd := exec.Command("sh", "-e", "-c", script)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), "GORACE=atexit_sleep_ms=50")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the README's commands: %v\n%s", err, out)
+	}
+	var env []string
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		if l := sc.Text(); strings.HasPrefix(l, "DATABASE_URL=") || strings.HasPrefix(l, "JWT_SECRET=") {
+			env = append(env, l)
+		}
+	}
+	facURL := regexp.MustCompile(`As the facilitator: (\S+)`).FindStringSubmatch(string(out))
+	insert := regexp.MustCompile(`psql "\$DATABASE_URL" -c "(.+)"`).FindStringSubmatch(string(out))
+	if len(env) != 2 || facURL == nil || insert == nil {
+		t.Fatalf("demo printed no facilitator URL or insert, or the exports did not hold:\n%s", out)
+	}
+	// The last line: serve, with what the export line set.
+	s := startServerBin(t, binPath, append(env, fmt.Sprintf("PORT=%d", port))...)
+	if s.Port != port {
+		t.Fatalf("serve listens on %d, want PORT %d", s.Port, port)
+	}
+
+	page, err := url.Parse(facURL[1])
+	if err != nil || page.Port() != fmt.Sprint(port) {
+		t.Fatalf("demo URL %q: %v", facURL[1], err)
+	}
+	ctx := newBrowser(t)
+	console := watchConsole(ctx)
+	browserRun(t, ctx, "opening the demo page demo printed", chromedp.Navigate(facURL[1]))
+	browserUntil(t, ctx, "the page to connect", `document.body.dataset.state === 'connected'`, browserWait)
+	browserUntil(t, ctx, "the page to join demo-project", `window.sagaClient && window.sagaClient.lastSeq('demo-project') !== undefined`, browserWait)
+	// The story from the database, by the line demo printed.
+	psql := exec.Command("psql", strings.TrimPrefix(env[0], "DATABASE_URL="), "-v", "ON_ERROR_STOP=1", "-c", insert[1])
+	if o, err := psql.CombinedOutput(); err != nil {
+		t.Fatalf("psql: %v\n%s", err, o)
+	}
+	browserUntil(t, ctx, "the story on the page", `[...document.querySelectorAll('#stories .card h3')].some(h => h.textContent === 'First day of school')`, browserWait)
+	browserUntil(t, ctx, "the facilitator's name from users.name", `document.body.textContent.includes('Margaret Ellis')`, browserWait)
+	expectCleanDemoPage(t, ctx, console)
+}
