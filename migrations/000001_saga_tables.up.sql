@@ -1,4 +1,4 @@
--- The Saga tables (PROTOCOL section 9). The Saga backend may have created
+-- The Saga tables (docs/protocol.md section 10). The Saga backend may have created
 -- them already, so every object is created only when missing and nothing of
 -- theirs is altered.
 

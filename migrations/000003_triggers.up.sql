@@ -1,4 +1,4 @@
--- Triggers turning Saga's changes into domain events (PROTOCOL section 5),
+-- Triggers turning Saga's changes into domain events (docs/protocol.md section 6),
 -- in the same transaction as the change: an event exists if and only if its
 -- change committed. Update triggers carry WHEN clauses so that updates that
 -- change nothing relevant never enter PL/pgSQL.

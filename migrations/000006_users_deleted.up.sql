@@ -1,4 +1,4 @@
--- A deleted user is disconnected at once (PROTOCOL section 2): every
+-- A deleted user is disconnected at once (docs/protocol.md section 3): every
 -- instance hears 'd:<user id>' on the service's channel, at commit, and
 -- closes that user's connections with 4401. Instances also check their
 -- connected users' rows after a LISTEN reconnect and every half minute, for

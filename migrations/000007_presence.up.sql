@@ -1,4 +1,4 @@
--- Presence (PROTOCOL section 11): who is online in a project, on every
+-- Presence (docs/protocol.md section 12): who is online in a project, on every
 -- instance. Each instance holds a lease (push_instances), renewed while it
 -- lives and judged by the database's clock, and one row per (project, user)
 -- it counts online. Rows are written when a user comes or goes on that

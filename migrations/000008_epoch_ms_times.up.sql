@@ -1,6 +1,6 @@
--- Times inside event data as epoch milliseconds (PROTOCOL section 5: every
--- `ts`, `expiresAt` and `...At` in messages is epoch ms), as `ts` already
--- is. 000003 wrote Postgres's ISO strings; the trigger functions are
+-- Times inside event data as epoch milliseconds (docs/protocol.md sections
+-- 1 and 6: every `ts`, `expiresAt` and `...At` in messages is epoch ms), as
+-- `ts` already is. 000003 wrote Postgres's ISO strings; the trigger functions are
 -- replaced, their triggers stay. Events stored before this migration keep
 -- their strings.
 
