@@ -15,8 +15,9 @@
 // shutdown_test.go, compression_test.go, browser_test.go (web/client.js in
 // Chromium; its helpers newBrowser, newTab, startTestClient,
 // browserUntil...), browser_presence_test.go (presence in client.js and the
-// demo page), readme_test.go (the README's Postgres quickstart, run as
-// written) and proxy_test.go (behind nginx). The helpers, by concern:
+// demo page), readme_test.go (the README's quickstarts, embedded and
+// Postgres, run as written) and proxy_test.go (behind nginx). The helpers,
+// by concern:
 //
 //	server_test.go     TestMain (the build), startServer, stop, signal
 //	wsclient_test.go   the WebSocket client: dialWS and its options, read, expect, call...

@@ -1,24 +1,30 @@
+//go:build !windows
+
 package e2e
 
-// The README's Postgres quickstart, run as written on a fresh database:
-// create it, seed the demo family, serve; then the demo page the seed
-// printed, in Chromium, shows a story the database commits.
+// The README's quickstarts, run as written: embedded mode (make run), and
+// Postgres on a fresh database (create it, seed the demo family, serve).
+// Each ends in Chromium on the demo page the service printed, with events
+// arriving.
 
 import (
 	"bufio"
 	"database/sql"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 
+	"sagapush/internal/testsupport"
 	"sagapush/store/pgtest"
 )
 
@@ -121,5 +127,85 @@ func TestREADMEPostgresQuickstart(t *testing.T) {
 	}
 	browserUntil(t, ctx, "the story on the page", `[...document.querySelectorAll('#stories .card h3')].some(h => h.textContent === 'First day of school')`, browserWait)
 	browserUntil(t, ctx, "the facilitator's name from users.name", `document.body.textContent.includes('Margaret Ellis')`, browserWait)
+	expectCleanDemoPage(t, ctx, console)
+}
+
+func TestREADMEEmbeddedQuickstart(t *testing.T) {
+	t.Parallel()
+	lines := readmeBlock(t, "<!-- embedded-quickstart")
+	if len(lines) != 1 || lines[0] != "make run" {
+		t.Fatalf("the embedded quickstart is no longer make run: %q", lines)
+	}
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Fatalf("the README's quickstart needs make: %v", err)
+	}
+	port := freePort(t)
+	cmd := exec.Command("sh", "-c", lines[0])
+	cmd.Dir = ".." // the clone's root, where a newcomer types it
+	cmd.Env = append(testsupport.CleanEnv(), fmt.Sprintf("PORT=%d", port))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // make, then the server it runs
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr testsupport.SyncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("make run's stderr:\n%s", stderr.String())
+		}
+	})
+	// make builds first: the demo URL comes once the server listens.
+	found := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if _, u, ok := strings.Cut(sc.Text(), "Demo page:"); ok {
+				found <- strings.TrimSpace(u)
+			}
+		}
+	}()
+	var demo string
+	select {
+	case demo = <-found:
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("make run printed no demo page URL within 3 minutes; stderr:\n%s", stderr.String())
+	}
+	page, err := url.Parse(demo)
+	if err != nil || page.Port() != fmt.Sprint(port) {
+		t.Fatalf("demo URL %q: %v", demo, err)
+	}
+	frag, _ := url.ParseQuery(page.Fragment)
+	ctx := newBrowser(t)
+	console := watchConsole(ctx)
+	browserRun(t, ctx, "opening the demo page make run printed", chromedp.Navigate(demo))
+	browserUntil(t, ctx, "the page to connect", `document.body.dataset.state === 'connected'`, browserWait)
+	browserUntil(t, ctx, "the page to join", fmt.Sprintf(`window.sagaClient && window.sagaClient.lastSeq(%q) !== undefined`, frag.Get("project")), browserWait)
+	// The publish the output prints, with its service token.
+	body := fmt.Sprintf(`{"projectId":%q,"event":"story_uploaded","data":{"story":{"id":"s1","title":"First day of school"}}}`, frag.Get("project"))
+	req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d/api/events", port), strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+frag.Get("serviceToken"))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("publish: %s", resp.Status)
+	}
+	browserUntil(t, ctx, "the story on the page", `[...document.querySelectorAll('#stories .card h3')].some(h => h.textContent === 'First day of school')`, browserWait)
 	expectCleanDemoPage(t, ctx, console)
 }
