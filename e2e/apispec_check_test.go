@@ -8,6 +8,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"testing"
 
 	"github.com/coder/websocket"
+	"github.com/getkin/kin-openapi/openapi3"
 
 	"sagapush/docs"
 )
@@ -49,6 +51,55 @@ func TestAPIDocumentsLoad(t *testing.T) {
 	for _, name := range []string{"authenticated", "pong"} {
 		if s.sse[name] != nil {
 			t.Errorf("asyncapi.yaml: SSE never carries %s", name)
+		}
+	}
+}
+
+// openapi.yaml is a valid OpenAPI 3.1 document (kin-openapi's structural
+// checks: required fields, unique operationIds, resolvable $refs...).
+func TestAPIDocumentsOpenAPIValid(t *testing.T) {
+	doc, err := openapi3.NewLoader().LoadFromData(docs.OpenAPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := doc.Validate(context.Background()); err != nil {
+		t.Fatalf("docs/openapi.yaml: %v", err)
+	}
+}
+
+// asyncapi.yaml's operations are well formed: each has a known action and
+// a channel, and its messages are that channel's (AsyncAPI 3.0 requires it),
+// each with a payload.
+func TestAPIDocumentsAsyncAPIOperations(t *testing.T) {
+	doc, err := yamlToJSON(docs.AsyncAPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops, _ := lookup(doc, "/operations")
+	for name, op := range ops.(map[string]any) {
+		if a, _ := lookup(op, "/action"); a != "send" && a != "receive" {
+			t.Errorf("operation %s: action %v", name, a)
+		}
+		ch, _ := lookup(op, "/channel/$ref")
+		chRef, _ := ch.(string)
+		if _, _, err := resolve(doc, map[string]any{"$ref": chRef}); err != nil || chRef == "" {
+			t.Errorf("operation %s: channel %q: %v", name, chRef, err)
+		}
+		msgs, _ := lookup(op, "/messages")
+		for _, m := range msgs.([]any) {
+			ref, _ := lookup(m, "/$ref")
+			r, _ := ref.(string)
+			if !strings.HasPrefix(r, chRef+"/messages/") {
+				t.Errorf("operation %s: message %q is not one of its channel %q", name, r, chRef)
+			}
+			ptr, msg, err := resolve(doc, m)
+			if err != nil {
+				t.Errorf("operation %s: %v", name, err)
+				continue
+			}
+			if _, ok := lookup(msg, "/payload"); !ok {
+				t.Errorf("message %s has no payload", ptr)
+			}
 		}
 	}
 }

@@ -256,6 +256,21 @@ type specResponse struct {
 	required []string                      // the headers that must be there
 }
 
+// compile compiles the schema at a JSON pointer of openapi.yaml, once.
+func (s *apiSpec) compile(ptr string) (*jsonschema.Schema, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sch := s.schemas[ptr]; sch != nil {
+		return sch, nil
+	}
+	sch, err := s.oa.Compile(openapiURL + "#" + fragment(ptr))
+	if err != nil {
+		return nil, fmt.Errorf("openapi.yaml %s: %w", ptr, err)
+	}
+	s.schemas[ptr] = sch
+	return sch, nil
+}
+
 func (s *apiSpec) responseSchemas(pathKey, method, status string) (*specResponse, error) {
 	ptr := "/paths/" + escapePtr(pathKey) + "/" + method + "/responses/" + status
 	v, ok := lookup(s.openapi, ptr)
@@ -277,16 +292,9 @@ func (s *apiSpec) responseSchemas(pathKey, method, status string) (*specResponse
 		if mt != "application/json" {
 			continue
 		}
-		loc := rptr + "/content/" + escapePtr(mt) + "/schema"
-		s.mu.Lock()
-		sch := s.schemas[loc]
-		if sch == nil {
-			sch, err = s.oa.Compile(openapiURL + "#" + fragment(loc))
-			s.schemas[loc] = sch
-		}
-		s.mu.Unlock()
+		sch, err := s.compile(rptr + "/content/" + escapePtr(mt) + "/schema")
 		if err != nil {
-			return nil, fmt.Errorf("openapi.yaml %s: %w", loc, err)
+			return nil, err
 		}
 		out.content[mt] = sch
 	}
@@ -342,18 +350,11 @@ func (s *apiSpec) validateHTTP(method, rawPath string, resp *http.Response, body
 			return fmt.Errorf("%s: an operation that openapi.yaml does not have answered other than 404/405", where)
 		}
 		loc := "/components/responses/Error"
-		r = &specResponse{ptr: loc, content: map[string]*jsonschema.Schema{}}
-		s.mu.Lock()
-		sch := s.schemas[loc]
-		if sch == nil {
-			sch, err = s.oa.Compile(openapiURL + "#" + fragment(loc+"/content/application~1json/schema"))
-			s.schemas[loc] = sch
-		}
-		s.mu.Unlock()
+		sch, err := s.compile(loc + "/content/application~1json/schema")
 		if err != nil {
 			return err
 		}
-		r.content["application/json"] = sch
+		r = &specResponse{ptr: loc, content: map[string]*jsonschema.Schema{"application/json": sch}}
 	}
 	for _, h := range r.required {
 		if resp.Header.Get(h) == "" {

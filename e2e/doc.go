@@ -27,7 +27,8 @@
 //	                   message the WebSocket reader and the SSE parser receive,
 //	                   and every response of request(Headers), publish, metric
 //	                   and the /ws handshake, is validated; a mismatch fails
-//	                   the test (apispec_check_test.go tests the validation);
+//	                   the test (apispec_check_test.go tests the validation, and
+//	                   the documents' own structure, openapi.yaml with kin-openapi);
 //	                   tests on raw sockets (rawRequest, dialRawWS, the bench)
 //	                   and in Chromium bypass these helpers and are not validated
 //
