@@ -118,6 +118,7 @@ func TestAPIChunkedBodyTooLarge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	validateResponse(t, "POST", "/api/events", resp, cancel)
 	wantHTTPError(t, "600 KiB chunked body", resp, http.StatusRequestEntityTooLarge, "INVALID_MESSAGE")
 	if seq := publish(t, s, s.serviceToken(t), "p1", "story_uploaded", map[string]any{}); seq != 1 {
 		t.Errorf("seq %d after the refused body, want 1", seq)

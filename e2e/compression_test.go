@@ -103,6 +103,7 @@ func TestNoTokenInLogs(t *testing.T) {
 		s.request(t, "GET", "/sse?projects=p1&token="+tok, "", nil).Body.Close()
 		resp, err := http.Get(s.WSURL[:len(s.WSURL)-3] + "/ws?token=" + tok) // a failed handshake
 		if err == nil {
+			validateResponse(t, "GET", "/ws", resp, func() {})
 			resp.Body.Close()
 		}
 	}

@@ -198,6 +198,7 @@ func TestConnsPerAddress(t *testing.T) {
 		if err != nil {
 			return false
 		}
+		validateResponse(t, "GET", "/metrics", resp, func() {})
 		defer resp.Body.Close()
 		for sc := bufio.NewScanner(resp.Body); sc.Scan(); {
 			if v, ok := strings.CutPrefix(sc.Text(), "sagapush_http_connections_refused_total "); ok {

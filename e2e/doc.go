@@ -27,6 +27,14 @@
 //	messages_test.go   dataOf, errorCode, ackIs: messages of either transport
 //	database_test.go   newPGEnv: a test's own database and servers on it
 //	wait_test.go       waitTimeout and eventually
+//	apispec_test.go    docs/asyncapi.yaml and docs/openapi.yaml, loaded once: every
+//	                   message the WebSocket reader and the SSE parser receive,
+//	                   and every response of request(Headers), publish, metric
+//	                   and the /ws handshake, is validated; a mismatch fails
+//	                   the test (apispec_check_test.go tests the validation, and
+//	                   the documents' own structure, openapi.yaml with kin-openapi);
+//	                   tests on raw sockets (rawRequest, dialRawWS, the bench)
+//	                   and in Chromium bypass these helpers and are not validated
 //
 // How to use them in a new test:
 //

@@ -65,8 +65,37 @@ func (s *testServer) requestHeaders(t testing.TB, method, path, token string, bo
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
+	validateResponse(t, method, path, resp, cancel)
 	return resp
 }
+
+// validateResponse checks a response against docs/openapi.yaml. A body
+// that ends (anything but an event stream) is read whole first, within
+// waitTimeout, and put back for the caller.
+func validateResponse(t testing.TB, method, path string, resp *http.Response, cancel context.CancelFunc) {
+	t.Helper()
+	var body []byte
+	if mt, _, _ := strings.Cut(resp.Header.Get("Content-Type"), ";"); mt != "text/event-stream" {
+		timer := time.AfterFunc(waitTimeout, cancel)
+		b, err := io.ReadAll(resp.Body)
+		timer.Stop()
+		resp.Body.Close()
+		if err != nil { // the caller meets the same error
+			resp.Body = io.NopCloser(io.MultiReader(bytes.NewReader(b), errReader{err}))
+			return
+		}
+		body = b
+		resp.Body = io.NopCloser(bytes.NewReader(b))
+	}
+	if msg := checkHTTP(method, path, resp, body); msg != "" {
+		t.Errorf("%s", msg)
+	}
+}
+
+// errReader fails every read with err.
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
 
 // readBody reads a whole response body within waitTimeout and closes it.
 func readBody(t testing.TB, resp *http.Response) []byte {
@@ -153,6 +182,9 @@ func publishErr(s *testServer, serviceToken, projectID, event string, data any) 
 	if err != nil {
 		return 0, fmt.Errorf("publish %s to %s: %w", event, projectID, err)
 	}
+	if msg := checkHTTP("POST", "/api/events", resp, rb); msg != "" {
+		return 0, fmt.Errorf("publish %s to %s: %s", event, projectID, msg)
+	}
 	if resp.StatusCode != http.StatusAccepted || json.Unmarshal(rb, &body) != nil || body.Seq == nil || body.ProjectID != projectID {
 		return 0, fmt.Errorf("publish %s to %s: status %d, body %s", event, projectID, resp.StatusCode, rb)
 	}
@@ -202,6 +234,9 @@ func (s *testServer) metricWith(t testing.TB, client *http.Client, prefix string
 		t.Fatalf("GET /metrics: %v", err)
 	}
 	body := readBody(t, resp)
+	if msg := checkHTTP("GET", "/metrics", resp, body); msg != "" {
+		t.Errorf("%s", msg)
+	}
 	for _, line := range strings.Split(string(body), "\n") {
 		if strings.HasPrefix(line, prefix) && (len(line) > len(prefix) && (line[len(prefix)] == ' ' || line[len(prefix)] == '{')) {
 			f := strings.Fields(line)

@@ -499,6 +499,7 @@ func TestSSENoGoroutineLeak(t *testing.T) {
 		if err != nil || resp.StatusCode != http.StatusOK {
 			t.Fatalf("open: %v %v", err, resp)
 		}
+		validateResponse(t, "GET", "/sse", resp, cancel)
 		return resp, bufio.NewReader(resp.Body)
 	}
 	// Warm up: the first stream starts goroutines that stay (timers, the

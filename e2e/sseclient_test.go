@@ -46,6 +46,9 @@ type sseConn struct {
 	done      chan struct{} // closed when the stream ended; err is set then
 	err       error         // io.EOF when the server ended the response cleanly
 	firstLine string        // the very first line of the body
+	// spec: messages that docs/asyncapi.yaml does not allow, found by the
+	// reader, reported by read and at the end of the test.
+	spec specErrors
 }
 
 // sseParse reads an event stream per the HTML living standard (fields,
@@ -53,14 +56,18 @@ type sseConn struct {
 // message, retry block and comment to out. It returns the read error
 // (io.EOF at a clean end) and the first line read.
 // Presence messages are dropped unless keepPresence: they come whenever a
-// user arrives or leaves, and only presence tests look for them.
-func sseParse(r io.Reader, out chan<- sseMsg, first *string, stop <-chan struct{}, keepPresence bool) error {
+// user arrives or leaves, and only presence tests look for them. check, when
+// not nil, sees every message with data first, presence included.
+func sseParse(r io.Reader, out chan<- sseMsg, first *string, stop <-chan struct{}, keepPresence bool, check func(sseMsg)) error {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var cur sseMsg
 	var data []string
 	var fields int
 	lines := 0
 	emit := func(m sseMsg) bool {
+		if check != nil && !m.IsComment && m.Data != "" {
+			check(m)
+		}
 		if !keepPresence && (m.Event == "user_online" || m.Event == "user_offline") {
 			return true
 		}
@@ -137,14 +144,46 @@ func openSSEWith(t testing.TB, s *testServer, path, token string, h http.Header,
 	stop := make(chan struct{})
 	go func() {
 		defer close(c.done)
-		c.err = sseParse(resp.Body, c.msgs, &c.firstLine, stop, keepPresence)
+		c.err = sseParse(resp.Body, c.msgs, &c.firstLine, stop, keepPresence, func(m sseMsg) {
+			c.spec.add(checkSSEMessage(m))
+		})
 	}()
 	t.Cleanup(func() {
 		close(stop)
 		resp.Body.Close()
 		<-c.done
+		c.reportSpec(t)
 	})
 	return c
+}
+
+// checkSSEMessage validates one message of a stream: its data is a message
+// of docs/asyncapi.yaml's SSE channel, its event: line that message's event,
+// and it has an id: (the cursor) exactly when it is a domain event.
+func checkSSEMessage(m sseMsg) string {
+	var v struct {
+		Event string          `json:"event"`
+		Seq   json.RawMessage `json:"seq"`
+	}
+	if err := json.Unmarshal([]byte(m.Data), &v); err != nil {
+		return fmt.Sprintf("SSE data of %v is not a JSON object", m)
+	}
+	if v.Event != m.Event {
+		return fmt.Sprintf("SSE event: %q but the data's event is %q", m.Event, v.Event)
+	}
+	if m.HasID != (v.Seq != nil) {
+		return fmt.Sprintf("SSE message %v: an id: must come with a domain event (seq), and only with one", m)
+	}
+	return checkMessage("sse", []byte(m.Data))
+}
+
+// reportSpec fails the test for each message received so far that
+// docs/asyncapi.yaml does not allow.
+func (c *sseConn) reportSpec(t testing.TB) {
+	t.Helper()
+	for _, msg := range c.spec.take() {
+		t.Errorf("%s: %s", c.name, msg)
+	}
 }
 
 // close ends the stream from the client side.
@@ -161,6 +200,7 @@ func (c *sseConn) next(d time.Duration) (m sseMsg, ok, ended bool) {
 // "event" is the message's event: name.
 func (c *sseConn) read(t testing.TB) (sseMsg, map[string]any) {
 	t.Helper()
+	defer c.reportSpec(t)
 	deadline := time.Now().Add(waitTimeout)
 	for {
 		m, ok, ended := c.next(time.Until(deadline))

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/url"
 	"sync"
@@ -42,6 +43,9 @@ type wsClient struct {
 	acks   atomic.Int64
 	// presence: keep presence messages (seePresence).
 	presence bool
+	// spec: messages that docs/asyncapi.yaml does not allow, found by
+	// readLoop, reported by the read helpers and at the end of the test.
+	spec specErrors
 }
 
 type dialConfig struct {
@@ -111,6 +115,16 @@ func tryDialWS(t testing.TB, s *testServer, token string, opts ...dialOpt) (*wsC
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	conn, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: cfg.header})
+	if resp != nil { // the handshake's answer, against docs/openapi.yaml
+		var body []byte
+		if resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil {
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		if msg := checkHTTP("GET", "/ws", resp, body); msg != "" {
+			t.Errorf("%s", msg)
+		}
+	}
 	if err != nil {
 		return nil, resp, err
 	}
@@ -132,6 +146,7 @@ func tryDialWS(t testing.TB, s *testServer, token string, opts ...dialOpt) (*wsC
 		rcancel()
 		conn.CloseNow()
 		<-c.done
+		c.reportSpec(t)
 	})
 	return c, resp, nil
 }
@@ -174,6 +189,12 @@ func (c *wsClient) readLoop(ctx context.Context) {
 			c.err = err
 			return
 		}
+		// Every message, presence included, against docs/asyncapi.yaml.
+		if typ != websocket.MessageText {
+			c.spec.add(c.name + ": the server sent a binary message; asyncapi.yaml has JSON text only")
+		} else if msg := checkMessage("ws", b); msg != "" {
+			c.spec.add(c.name + ": " + msg)
+		}
 		if dropped = !c.presence && isPresence(b); dropped {
 			continue
 		}
@@ -204,10 +225,20 @@ func (c *wsClient) next(d time.Duration) (m wsMsg, ok, closed bool) {
 	return receive(c.msgs, c.done, d)
 }
 
+// reportSpec fails the test for each message received so far that
+// docs/asyncapi.yaml does not allow.
+func (c *wsClient) reportSpec(t testing.TB) {
+	t.Helper()
+	for _, msg := range c.spec.take() {
+		t.Errorf("%s", msg)
+	}
+}
+
 // readMsg returns the next raw message (bounded wait).
 func (c *wsClient) readMsg(t testing.TB) wsMsg {
 	t.Helper()
 	m, ok, closed := c.next(waitTimeout)
+	defer c.reportSpec(t)
 	if !ok {
 		if closed {
 			t.Fatalf("%s: connection ended while waiting for a message: %v (close status %d)", c.name, c.err, websocket.CloseStatus(c.err))

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"sagapush/auth"
+	"sagapush/docs"
 	"sagapush/internal/httpguard"
 )
 
@@ -67,6 +68,10 @@ func New(cfg Config) *echo.Echo {
 	// CORS, so that a listed origin can read the API's error answers too.
 	api := e.Group("/api", apiOrigin(cfg.Origins), cors(cfg.Origins), apiRequest)
 	api.GET("/websocket/health", health(cfg.Stats, cfg.Database))
+	// The machine-readable API (docs/asyncapi.yaml, docs/openapi.yaml):
+	// public like the health, under the API's rules.
+	api.GET("/asyncapi.yaml", apiDocument(docs.AsyncAPI))
+	api.GET("/openapi.yaml", apiDocument(docs.OpenAPI))
 	api.GET("/websocket/stats", stats(cfg.Stats, cfg.Unauthenticated), requireRole(cfg.Auth, auth.RoleAdmin, auth.RoleService))
 	// The body limit runs before the token check: a body declared too large
 	// is refused (413) without reading it or verifying anything.

@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"sagapush/docs"
 	"sagapush/hub"
 	"sagapush/internal/protocol"
 )
@@ -292,6 +294,19 @@ func TestWebFiles(t *testing.T) {
 	}
 	// A routed file missing from the file system is a 404 in the contract's shape.
 	wantError(t, do(t, h, "GET", "/client.d.ts", "", ""), http.StatusNotFound, "NOT_FOUND", "Not Found")
+}
+
+func TestAPIDocuments(t *testing.T) {
+	h := testServer(t, nil)
+	for path, want := range map[string][]byte{"/api/asyncapi.yaml": docs.AsyncAPI, "/api/openapi.yaml": docs.OpenAPI} {
+		rec := do(t, h, "GET", path, "", "")
+		if rec.Code != http.StatusOK || !bytes.Equal(rec.Body.Bytes(), want) || len(want) == 0 {
+			t.Errorf("GET %s: %d, %d bytes, want 200 and docs/ (%d bytes)", path, rec.Code, rec.Body.Len(), len(want))
+		}
+		if ct := rec.Header().Get("Content-Type"); ct != "application/yaml" {
+			t.Errorf("GET %s: Content-Type %q, want application/yaml", path, ct)
+		}
+	}
 }
 
 func TestTransportsMounted(t *testing.T) {

@@ -25,3 +25,11 @@ func serveWeb(e *echo.Echo, files fs.FS) {
 	e.GET("/client.js", serve("client.js", "text/javascript; charset=utf-8"))
 	e.GET("/client.d.ts", serve("client.d.ts", "application/typescript; charset=utf-8"))
 }
+
+// apiDocument serves one of the machine-readable API documents of docs/.
+func apiDocument(b []byte) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		c.Response().Header().Set("Cache-Control", "no-cache")
+		return c.Blob(http.StatusOK, "application/yaml", b)
+	}
+}
