@@ -311,8 +311,8 @@ func (s *apiSpec) responseSchemas(pathKey, method, status string) (*specResponse
 }
 
 // validateHTTP checks one response against openapi.yaml: the path and
-// method must be documented (any other gets the error answer of 404 or
-// 405), the status must be documented (or fall under default), the
+// method must be documented (any other gets the error answer of 404), the
+// status must be documented (or fall under default), the
 // Content-Type one of that response's media types (none: no body), a
 // header with a const that value (a required one present), and a JSON body
 // its schema. body is nil for a
@@ -345,9 +345,9 @@ func (s *apiSpec) validateHTTP(method, rawPath string, resp *http.Response, body
 		}
 	}
 	where := fmt.Sprintf("%s %s: %d", method, u.Path, resp.StatusCode)
-	if r == nil { // not a documented operation: 404 or 405 with the error body
-		if resp.StatusCode != http.StatusNotFound && resp.StatusCode != http.StatusMethodNotAllowed {
-			return fmt.Errorf("%s: an operation that openapi.yaml does not have answered other than 404/405", where)
+	if r == nil { // not a documented operation: 404 with the error body
+		if resp.StatusCode != http.StatusNotFound {
+			return fmt.Errorf("%s: an operation that openapi.yaml does not have answered other than 404", where)
 		}
 		loc := "/components/responses/Error"
 		sch, err := s.compile(loc + "/content/application~1json/schema")

@@ -49,6 +49,11 @@ func asAPIError(err error) *apiError {
 	if !errors.As(err, &he) {
 		return newError(http.StatusInternalServerError, protocol.CodeInternalError, "internal error")
 	}
+	if he.Code == http.StatusMethodNotAllowed {
+		// The contract knows no 405: a method a path does not take is no
+		// such route (docs/protocol.md section 7), under /api and elsewhere.
+		return newError(http.StatusNotFound, protocol.CodeNotFound, "no such route for this method")
+	}
 	msg, ok := he.Message.(string)
 	if !ok {
 		msg = http.StatusText(he.Code)

@@ -221,7 +221,7 @@ func TestNotFoundBodyExact(t *testing.T) {
 
 func TestMethodNotAllowed(t *testing.T) {
 	rec := do(t, testServer(t, nil), "DELETE", "/metrics", "", "")
-	wantError(t, rec, http.StatusMethodNotAllowed, "INVALID_MESSAGE", "Method Not Allowed")
+	wantError(t, rec, http.StatusNotFound, "NOT_FOUND", "no such route for this method")
 }
 
 func TestErrorHandler(t *testing.T) {
