@@ -1,4 +1,4 @@
-module sagapush
+module github.com/saga-family/sagapush
 
 go 1.26.8
 

@@ -29,15 +29,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"sagapush/auth"
-	"sagapush/handlers"
-	"sagapush/hub"
-	"sagapush/internal/httpguard"
-	"sagapush/internal/presence"
-	"sagapush/internal/session"
-	"sagapush/store"
-	"sagapush/transports"
-	"sagapush/web"
+	"github.com/saga-family/sagapush/auth"
+	"github.com/saga-family/sagapush/handlers"
+	"github.com/saga-family/sagapush/hub"
+	"github.com/saga-family/sagapush/internal/httpguard"
+	"github.com/saga-family/sagapush/internal/presence"
+	"github.com/saga-family/sagapush/internal/session"
+	"github.com/saga-family/sagapush/store"
+	"github.com/saga-family/sagapush/transports"
+	"github.com/saga-family/sagapush/web"
 )
 
 func main() {

@@ -17,7 +17,7 @@ import (
 	"strings"
 	"testing"
 
-	"sagapush/internal/testsupport"
+	"github.com/saga-family/sagapush/internal/testsupport"
 )
 
 // envReads parses the package's non-test files and returns the names

@@ -6,7 +6,7 @@ import (
 	"net"
 	"time"
 
-	"sagapush/auth"
+	"github.com/saga-family/sagapush/auth"
 )
 
 // localAddr spreads client sockets over 127.0.0.2-127.0.0.250 so that no

@@ -15,7 +15,7 @@ import (
 
 	_ "github.com/lib/pq"
 
-	"sagapush/auth"
+	"github.com/saga-family/sagapush/auth"
 )
 
 func (s *server) serviceToken() string {

@@ -23,7 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"sagapush/internal/wsraw"
+	"github.com/saga-family/sagapush/internal/wsraw"
 )
 
 // The generator's WebSocket reading side. It shares the cores with the

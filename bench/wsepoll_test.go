@@ -21,7 +21,7 @@ import (
 	"github.com/gorilla/websocket"
 	"golang.org/x/sys/unix"
 
-	"sagapush/internal/wsraw"
+	"github.com/saga-family/sagapush/internal/wsraw"
 )
 
 // recorder collects what a poller reports.

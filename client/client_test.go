@@ -19,10 +19,10 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"sagapush/auth"
-	"sagapush/client"
-	"sagapush/internal/testsupport"
-	"sagapush/store/pgtest"
+	"github.com/saga-family/sagapush/auth"
+	"github.com/saga-family/sagapush/client"
+	"github.com/saga-family/sagapush/internal/testsupport"
+	"github.com/saga-family/sagapush/store/pgtest"
 )
 
 // wait bounds every single wait of these tests.

@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"sagapush/auth"
-	"sagapush/client"
+	"github.com/saga-family/sagapush/auth"
+	"github.com/saga-family/sagapush/client"
 )
 
 // Against the server, the watcher on each transport: it sees a second user

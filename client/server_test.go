@@ -27,8 +27,8 @@ import (
 
 	_ "github.com/lib/pq" // the postgres driver of database/sql
 
-	"sagapush/auth"
-	"sagapush/internal/testsupport"
+	"github.com/saga-family/sagapush/auth"
+	"github.com/saga-family/sagapush/internal/testsupport"
 )
 
 const testSecret = "sagapush-client-test-secret-0123456789"
@@ -61,11 +61,11 @@ func serverBinary(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(buildDir, "sagapush")
-		cmd := exec.Command("go", "build", "-race", "-o", binPath, "sagapush")
+		cmd := exec.Command("go", "build", "-race", "-o", binPath, "github.com/saga-family/sagapush")
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Run(); err != nil {
-			buildErr = fmt.Errorf("go build -race sagapush: %v\n%s", err, out.String())
+			buildErr = fmt.Errorf("go build -race github.com/saga-family/sagapush: %v\n%s", err, out.String())
 		}
 	})
 	if buildErr != nil {

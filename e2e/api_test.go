@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"sagapush/auth"
+	"github.com/saga-family/sagapush/auth"
 )
 
 func TestAPIHealth(t *testing.T) {

@@ -16,7 +16,7 @@ import (
 
 	"github.com/coder/websocket"
 
-	"sagapush/auth"
+	"github.com/saga-family/sagapush/auth"
 )
 
 // wantHTTPError checks an error answer's status and code.

@@ -20,7 +20,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/getkin/kin-openapi/openapi3"
 
-	"sagapush/docs"
+	"github.com/saga-family/sagapush/docs"
 )
 
 func mustSpec(t *testing.T) *apiSpec {

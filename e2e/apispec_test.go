@@ -24,7 +24,7 @@ import (
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"go.yaml.in/yaml/v3"
 
-	"sagapush/docs"
+	"github.com/saga-family/sagapush/docs"
 )
 
 const (

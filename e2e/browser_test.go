@@ -26,8 +26,8 @@ import (
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 
-	"sagapush/auth"
-	"sagapush/internal/testsupport"
+	"github.com/saga-family/sagapush/auth"
+	"github.com/saga-family/sagapush/internal/testsupport"
 )
 
 // chromiumPath is Debian's chromium (`apt-get install chromium`).

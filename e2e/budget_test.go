@@ -23,7 +23,7 @@ import (
 
 	"github.com/coder/websocket"
 
-	"sagapush/internal/wsraw"
+	"github.com/saga-family/sagapush/internal/wsraw"
 )
 
 // peakRSS returns the process's peak resident set (VmHWM) in MiB.

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"testing"
 
-	"sagapush/internal/testsupport"
+	"github.com/saga-family/sagapush/internal/testsupport"
 )
 
 // runBin runs the binary with args and the clean environment plus env, and

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"sagapush/internal/wsraw"
+	"github.com/saga-family/sagapush/internal/wsraw"
 )
 
 // closeRuns is how many connections each case closes: the reset is a race,

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"sagapush/internal/wsraw"
+	"github.com/saga-family/sagapush/internal/wsraw"
 )
 
 // rawWS is a minimal WebSocket client over a plain socket, for what client

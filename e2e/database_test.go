@@ -13,7 +13,7 @@ import (
 
 	"github.com/lib/pq" // also the "postgres" driver of database/sql
 
-	"sagapush/store/pgtest"
+	"github.com/saga-family/sagapush/store/pgtest"
 )
 
 // pgEnv is a test's own database: its URL, a pool for the test's writes and

@@ -62,5 +62,6 @@
 //
 // SAGAPUSH_TEST_BIN=/path/to/binary skips the build (the binary must be built
 // from this tree, preferably with -race). The build is plain `go build -race
-// sagapush`, so GOFLAGS (build tags, say) passes through.
+// -buildvcs=auto` of the module's root package, so GOFLAGS (build tags, say)
+// passes through.
 package e2e

@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"sagapush/auth"
+	"github.com/saga-family/sagapush/auth"
 )
 
 // pgInsertConcurrently runs writers goroutines at once, writer w inserting

@@ -15,7 +15,7 @@ import (
 
 	"github.com/coder/websocket"
 
-	"sagapush/auth"
+	"github.com/saga-family/sagapush/auth"
 )
 
 // presenceMsg is a presence message as a client of either transport reads

@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"sagapush/internal/testsupport"
+	"github.com/saga-family/sagapush/internal/testsupport"
 )
 
 const nginxBin = "/usr/sbin/nginx"

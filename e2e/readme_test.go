@@ -24,8 +24,8 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"sagapush/internal/testsupport"
-	"sagapush/store/pgtest"
+	"github.com/saga-family/sagapush/internal/testsupport"
+	"github.com/saga-family/sagapush/store/pgtest"
 )
 
 // readmeBlock returns the lines of the shell block after the marker.

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"sagapush/internal/testsupport"
+	"github.com/saga-family/sagapush/internal/testsupport"
 )
 
 // testSecret is the JWT_SECRET of every test server unless overridden.
@@ -54,10 +54,10 @@ func testMain(m *testing.M) (int, error) {
 	// The module's root package, whatever the working directory (this one).
 	// -buildvcs=auto stamps the commit (sagapush version) from a clone,
 	// whatever GOFLAGS says.
-	cmd := exec.Command("go", "build", "-race", "-buildvcs=auto", "-o", binPath, "sagapush")
+	cmd := exec.Command("go", "build", "-race", "-buildvcs=auto", "-o", binPath, "github.com/saga-family/sagapush")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
-		return 0, fmt.Errorf("go build -race sagapush: %w", err)
+		return 0, fmt.Errorf("go build -race github.com/saga-family/sagapush: %w", err)
 	}
 	return m.Run(), nil
 }
@@ -83,9 +83,9 @@ func plainBinary(t testing.TB) string {
 			return
 		}
 		plainPath = filepath.Join(dir, "sagapush")
-		out, err := exec.Command("go", "build", "-o", plainPath, "sagapush").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", plainPath, "github.com/saga-family/sagapush").CombinedOutput()
 		if err != nil {
-			plainErr = fmt.Errorf("go build sagapush: %v\n%s", err, out)
+			plainErr = fmt.Errorf("go build github.com/saga-family/sagapush: %v\n%s", err, out)
 		}
 	})
 	if plainErr != nil {

@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"sagapush/auth"
+	"github.com/saga-family/sagapush/auth"
 )
 
 // sseStats returns the stats' transports.sse count.

@@ -13,7 +13,7 @@ import (
 
 	"github.com/coder/websocket"
 
-	"sagapush/auth"
+	"github.com/saga-family/sagapush/auth"
 )
 
 // mintTicket asks the server for a ticket with token in the Authorization

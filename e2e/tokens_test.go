@@ -11,7 +11,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"sagapush/auth"
+	"github.com/saga-family/sagapush/auth"
 )
 
 // token mints an HS256 token with the server's secret (auth.Mint: ttl <= 0

@@ -18,7 +18,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/golang-jwt/jwt/v5"
 
-	"sagapush/auth"
+	"github.com/saga-family/sagapush/auth"
 )
 
 func num(t testing.TB, m map[string]any, key string) int64 {

@@ -6,7 +6,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/internal/protocol"
 )
 
 // apiError is an error answer: the status and the contract's error. Handlers

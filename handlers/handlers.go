@@ -14,9 +14,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"sagapush/auth"
-	"sagapush/docs"
-	"sagapush/internal/httpguard"
+	"github.com/saga-family/sagapush/auth"
+	"github.com/saga-family/sagapush/docs"
+	"github.com/saga-family/sagapush/internal/httpguard"
 )
 
 // Config holds what the HTTP surface serves. Each dependency is the small

@@ -18,9 +18,9 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"sagapush/docs"
-	"sagapush/hub"
-	"sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/docs"
+	"github.com/saga-family/sagapush/hub"
+	"github.com/saga-family/sagapush/internal/protocol"
 )
 
 // Tokens the fake authenticator knows.

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"sagapush/hub"
+	"github.com/saga-family/sagapush/hub"
 )
 
 func TestHealth(t *testing.T) {

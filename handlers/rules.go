@@ -11,9 +11,9 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"sagapush/auth"
-	"sagapush/internal/httpguard"
-	"sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/auth"
+	"github.com/saga-family/sagapush/internal/httpguard"
+	"github.com/saga-family/sagapush/internal/protocol"
 )
 
 // apiOrigin refuses (403) a request whose Origin WEBSOCKET_CORS_ORIGIN does

@@ -6,7 +6,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"sagapush/hub"
+	"github.com/saga-family/sagapush/hub"
 )
 
 // Stats counts connections, users and rooms (*hub.Hub is one).

@@ -9,7 +9,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"sagapush/hub"
+	"github.com/saga-family/sagapush/hub"
 )
 
 const statsPath = "/api/websocket/stats"

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"sagapush/hub"
-	"sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/hub"
+	"github.com/saga-family/sagapush/internal/protocol"
 )
 
 const ticketsPath = "/api/tickets"

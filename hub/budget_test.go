@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"sagapush/hub"
-	"sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/hub"
+	"github.com/saga-family/sagapush/internal/protocol"
 )
 
 // publishBig publishes n events of about size bytes each.

@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/internal/protocol"
 )
 
 // User is an authenticated identity, as the transport learned it from a token.

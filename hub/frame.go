@@ -5,7 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/internal/protocol"
 )
 
 // Event is one stored domain event of a project.

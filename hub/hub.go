@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/internal/protocol"
 )
 
 // Source is what the hub reads events from: the store.

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"sagapush/hub"
-	"sagapush/internal/protocol"
-	"sagapush/store"
+	"github.com/saga-family/sagapush/hub"
+	"github.com/saga-family/sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/store"
 )
 
 // outlet records what the hub asks of a transport, and drains the queue like

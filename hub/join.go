@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"time"
 
-	"sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/internal/protocol"
 )
 
 // Join adds c to the project's room. When since is set it replays every

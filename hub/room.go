@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/internal/protocol"
 )
 
 // room is a project's set of local members and the memory of its latest

@@ -8,8 +8,8 @@ import (
 	"sync"
 	"time"
 
-	"sagapush/hub"
-	"sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/hub"
+	"github.com/saga-family/sagapush/internal/protocol"
 )
 
 // Memory is the embedded mode's store: events live in memory with a bounded

@@ -15,7 +15,7 @@ import (
 
 	"github.com/lib/pq"
 
-	"sagapush/hub"
+	"github.com/saga-family/sagapush/hub"
 )
 
 // listenerState tracks the one LISTEN connection of the instance. Every

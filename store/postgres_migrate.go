@@ -12,7 +12,7 @@ import (
 	pgmigrate "github.com/golang-migrate/migrate/v4/database/postgres"
 	"github.com/golang-migrate/migrate/v4/source/iofs"
 
-	"sagapush/migrations"
+	"github.com/saga-family/sagapush/migrations"
 )
 
 // Migrate applies the pending migrations of package migrations. It is safe

@@ -8,9 +8,9 @@ import (
 
 	"github.com/golang-migrate/migrate/v4/database"
 
-	"sagapush/migrations"
-	"sagapush/store"
-	"sagapush/store/pgtest"
+	"github.com/saga-family/sagapush/migrations"
+	"github.com/saga-family/sagapush/store"
+	"github.com/saga-family/sagapush/store/pgtest"
 )
 
 // latestVersion is the highest migration version embedded.

@@ -14,9 +14,9 @@ import (
 
 	"github.com/jmoiron/sqlx"
 
-	"sagapush/hub"
-	"sagapush/store"
-	"sagapush/store/pgtest"
+	"github.com/saga-family/sagapush/hub"
+	"github.com/saga-family/sagapush/store"
+	"github.com/saga-family/sagapush/store/pgtest"
 )
 
 // waitTimeout bounds every wait of these tests.

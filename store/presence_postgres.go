@@ -6,7 +6,7 @@ import (
 
 	"github.com/lib/pq"
 
-	"sagapush/internal/presence"
+	"github.com/saga-family/sagapush/internal/presence"
 )
 
 // The presence Backend (internal/presence) on Postgres: push_instances holds

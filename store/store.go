@@ -10,7 +10,7 @@ import (
 	"errors"
 	"time"
 
-	"sagapush/hub"
+	"github.com/saga-family/sagapush/hub"
 )
 
 // Store is the event store the service runs on.

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"sagapush/store"
-	"sagapush/store/pgtest"
+	"github.com/saga-family/sagapush/store"
+	"github.com/saga-family/sagapush/store/pgtest"
 )
 
 // ticketStore is session.TicketStore, which this package cannot import.

@@ -12,11 +12,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"sagapush/hub"
-	"sagapush/internal/httpguard"
-	"sagapush/internal/protocol"
-	"sagapush/internal/session"
-	"sagapush/internal/sock"
+	"github.com/saga-family/sagapush/hub"
+	"github.com/saga-family/sagapush/internal/httpguard"
+	"github.com/saga-family/sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/internal/session"
+	"github.com/saga-family/sagapush/internal/sock"
 )
 
 // SSEOptions configure the Server-Sent Events transport.

@@ -11,11 +11,11 @@ import (
 	"strings"
 	"time"
 
-	"sagapush/auth"
-	"sagapush/hub"
-	"sagapush/internal/httpguard"
-	"sagapush/internal/protocol"
-	"sagapush/internal/session"
+	"github.com/saga-family/sagapush/auth"
+	"github.com/saga-family/sagapush/hub"
+	"github.com/saga-family/sagapush/internal/httpguard"
+	"github.com/saga-family/sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/internal/session"
 )
 
 // handshakeCredential is the one place where both transports find a

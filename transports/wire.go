@@ -15,8 +15,8 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"sagapush/hub"
-	"sagapush/internal/sock"
+	"github.com/saga-family/sagapush/hub"
+	"github.com/saga-family/sagapush/internal/sock"
 )
 
 // The WebSocket write path. melody gives every connection a goroutine that

@@ -16,8 +16,8 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
 
-	"sagapush/hub"
-	"sagapush/internal/wsraw"
+	"github.com/saga-family/sagapush/hub"
+	"github.com/saga-family/sagapush/internal/wsraw"
 )
 
 // textFrame and deflateFrame write frames that decode back to the payload,

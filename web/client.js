@@ -41,7 +41,7 @@
  *   DISCONNECTED, TOKEN_EXPIRED, TOKEN_ERROR, ORIGIN_NOT_ALLOWED, RECONNECT_FAILED,
  *   TRANSPORT_FAILED, NOT_IN_PROJECT, LEFT_PROJECT, INVALID_SERVER_MESSAGE).
  *
- * @module sagapush/client
+ * @module @saga/push-client
  */
 
 /** Event names the server may send over SSE (sections 3 to 5); each gets its own listener. */

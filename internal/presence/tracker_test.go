@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"sagapush/hub"
-	"sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/hub"
+	"github.com/saga-family/sagapush/internal/protocol"
 )
 
 // heard collects the announcements of one tracker.

@@ -6,9 +6,9 @@ import (
 	"net/http"
 	"time"
 
-	"sagapush/auth"
-	"sagapush/hub"
-	"sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/auth"
+	"github.com/saga-family/sagapush/hub"
+	"github.com/saga-family/sagapush/internal/protocol"
 )
 
 // Verifier checks a token (auth.Verifier is one).

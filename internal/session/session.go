@@ -16,9 +16,9 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"sagapush/auth"
-	"sagapush/hub"
-	"sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/auth"
+	"github.com/saga-family/sagapush/hub"
+	"github.com/saga-family/sagapush/internal/protocol"
 )
 
 // Peer is the transport's side of one session. Besides the hub's Outlet

@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"sagapush/auth"
-	"sagapush/hub"
-	"sagapush/internal/protocol"
-	"sagapush/store"
+	"github.com/saga-family/sagapush/auth"
+	"github.com/saga-family/sagapush/hub"
+	"github.com/saga-family/sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/store"
 )
 
 // tokens maps a test token to its claims; "expired" is refused as expired.

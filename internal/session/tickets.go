@@ -10,7 +10,7 @@ import (
 	"fmt"
 	"time"
 
-	"sagapush/hub"
+	"github.com/saga-family/sagapush/hub"
 )
 
 // One-time connect tickets (docs/protocol.md, Tokens): POST /api/tickets

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"sagapush/hub"
-	"sagapush/internal/protocol"
-	"sagapush/store"
+	"github.com/saga-family/sagapush/hub"
+	"github.com/saga-family/sagapush/internal/protocol"
+	"github.com/saga-family/sagapush/store"
 )
 
 // A minted ticket opens one connection with the token's user, role,

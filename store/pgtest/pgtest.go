@@ -15,7 +15,7 @@ import (
 
 	_ "github.com/lib/pq" // the "postgres" database/sql driver
 
-	"sagapush/store"
+	"github.com/saga-family/sagapush/store"
 )
 
 // DefaultAdminURL is the server tests use unless TEST_DATABASE_URL names
