@@ -379,8 +379,14 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("listening", "addr", ln.Addr().String(), "mode", st.Mode())
-	if embeddedDemo {
+	switch {
+	case embeddedDemo:
 		printDemo(stdout, []byte(cfg.JWTSecret), ln.Addr().(*net.TCPAddr).Port)
+	case st.Mode() != "embedded":
+		// What a newcomer on the Postgres path needs next.
+		fmt.Fprintf(stdout, "Saga push is running on port %d with Postgres. A demo family and its page's URLs: %s demo\n"+
+			"A token for a user of the users table: %s token --user <users.id> (JWT_SECRET); health: curl http://localhost:%d/api/websocket/health\n",
+			ln.Addr().(*net.TCPAddr).Port, selfCommand(), selfCommand(), ln.Addr().(*net.TCPAddr).Port)
 	}
 
 	select {

@@ -110,6 +110,10 @@ func TestREADMEPostgresQuickstart(t *testing.T) {
 	if s.Port != port {
 		t.Fatalf("serve listens on %d, want PORT %d", s.Port, port)
 	}
+	// serve says what to do next on this path.
+	eventually(t, waitTimeout, "serve's hint of the demo command", func() bool {
+		return strings.Contains(s.stdout.String(), "with Postgres") && strings.Contains(s.stdout.String(), " demo")
+	})
 
 	page, err := url.Parse(facURL[1])
 	if err != nil || page.Port() != fmt.Sprint(port) {
