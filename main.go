@@ -23,6 +23,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -111,6 +112,7 @@ type config struct {
 	HandshakeRate   float64
 	HandshakeBurst  int
 	ShutdownGrace   time.Duration
+	ShutdownDelay   time.Duration
 	ReconnectAfter  time.Duration
 	AutoMigrate     bool
 	Retention       time.Duration
@@ -129,6 +131,7 @@ type config struct {
 	PresenceTTL     time.Duration
 	PresenceMax     int
 	LogLevel        slog.Level
+	LogFormat       string
 }
 
 func loadConfig() (config, error) {
@@ -154,6 +157,7 @@ func loadConfig() (config, error) {
 		HandshakeRate:   float64(intEnv("HANDSHAKES_PER_SECOND", &errs)),
 		HandshakeBurst:  intEnv("HANDSHAKE_BURST", &errs),
 		ShutdownGrace:   ms("SHUTDOWN_GRACE_MS"),
+		ShutdownDelay:   ms("SHUTDOWN_DELAY_MS"),
 		ReconnectAfter:  ms("RECONNECT_AFTER_MS"),
 		AutoMigrate:     envOr("AUTO_MIGRATE") != "false",
 		Retention:       time.Duration(intEnv("EVENT_RETENTION_HOURS", &errs)) * time.Hour,
@@ -200,6 +204,11 @@ func loadConfig() (config, error) {
 		if err := c.LogLevel.UnmarshalText([]byte(lv)); err != nil {
 			errs = append(errs, fmt.Errorf("LOG_LEVEL: %w", err))
 		}
+	}
+	switch c.LogFormat = envOr("LOG_FORMAT"); c.LogFormat {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("LOG_FORMAT must be text or json, not %q", c.LogFormat))
 	}
 	return c, errors.Join(errs...)
 }
@@ -258,7 +267,20 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	if *port != "" {
 		cfg.Port = *port
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	logOpts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	var logHandler slog.Handler = slog.NewTextHandler(stderr, logOpts)
+	if cfg.LogFormat == "json" {
+		// One object per line, for log shippers; durations as text ("10s"),
+		// not nanoseconds.
+		logOpts.ReplaceAttr = func(_ []string, a slog.Attr) slog.Attr {
+			if a.Value.Kind() == slog.KindDuration {
+				return slog.String(a.Key, a.Value.Duration().String())
+			}
+			return a
+		}
+		logHandler = slog.NewJSONHandler(stderr, logOpts)
+	}
+	log := slog.New(logHandler)
 	slog.SetDefault(log)
 	if env("GOGC") == "" {
 		// Idle connections are most of this service's memory; a tighter
@@ -343,6 +365,18 @@ func serve(args []string, stdout, stderr io.Writer) error {
 		database = st
 	}
 	conns := httpguard.NewConnLimiter(cfg.ConnsPerAddress)
+	var stopping atomic.Bool // set at SIGTERM: /readyz fails from then on
+	ready := func(ctx context.Context) error {
+		if stopping.Load() {
+			return errors.New("shutting down")
+		}
+		if database != nil {
+			if err := database.Healthy(ctx); err != nil {
+				return errors.New("database or LISTEN connection down")
+			}
+		}
+		return nil
+	}
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sagapush_unauthenticated_connections",
@@ -355,7 +389,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	)
 	e := handlers.New(handlers.Config{
 		Auth: authn, Stats: h, Publisher: st, UserEvents: h, Tickets: tickets, Database: database,
-		Presence: pres, Members: st,
+		Presence: pres, Members: st, Ready: ready,
 		WS: ws, SSE: sse, Origins: cfg.Origins,
 		Gatherer: reg, MetricsToken: cfg.MetricsToken, Unauthenticated: ws.Unauthenticated,
 		Web: web.Files, Logger: log, Pprof: env("PPROF") == "1",
@@ -393,6 +427,13 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	case err := <-served:
 		return err
 	case <-ctx.Done():
+	}
+	stopping.Store(true)
+	if cfg.ShutdownDelay > 0 {
+		// New clients go elsewhere once the balancer sees /readyz fail;
+		// the connected ones are told only after this.
+		log.Info("not ready; draining", "delay", cfg.ShutdownDelay)
+		time.Sleep(cfg.ShutdownDelay)
 	}
 	log.Info("shutting down", "connections", h.Len(), "grace", cfg.ShutdownGrace)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)

@@ -108,7 +108,8 @@ type testServer struct {
 	state  *os.ProcessState
 }
 
-var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
+// listeningRE finds the listening line in either LOG_FORMAT.
+var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+)|"msg":"listening","addr":"([^"]+)"`)
 
 // startServer runs the binary with PORT=0, JWT_SECRET=testSecret and no
 // DATABASE_URL, then env (KEY=VALUE, later wins), and waits (15 s at most)
@@ -157,7 +158,7 @@ func startServerBin(t testing.TB, bin string, env ...string) *testServer {
 			if !found {
 				if m := listeningRE.FindStringSubmatch(line); m != nil {
 					found = true
-					addr <- m[1]
+					addr <- m[1] + m[2] // one of them is empty
 				}
 			}
 		}

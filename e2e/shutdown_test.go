@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"encoding/json"
+	"net/http"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -47,4 +50,69 @@ func TestShutdown(t *testing.T) {
 	t.Logf("exited %v after SIGTERM", time.Since(start))
 	stalled.expectNext(t, "server_shutdown") // it was written before the close
 	stalled.expectClose(t, websocket.StatusGoingAway)
+}
+
+// /readyz fails as soon as SIGTERM arrives, while /healthz and the
+// connected clients go on for SHUTDOWN_DELAY_MS: a balancer drains the
+// instance before its clients are told to go.
+func TestReadyzFailsAtSIGTERM(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "SHUTDOWN_DELAY_MS=3000")
+	probe := func(path string) (int, string) {
+		status, body := s.getJSON(t, path, "")
+		st, _ := body["status"].(string)
+		return status, st
+	}
+	if code, st := probe("/readyz"); code != http.StatusOK || st != "ready" {
+		t.Fatalf("/readyz before: %d %s", code, st)
+	}
+	c := dialWS(t, s, s.userToken(t, "u1", "p1"))
+	c.join(t, "p1")
+	s.signal(t, syscall.SIGTERM)
+	eventually(t, waitTimeout, "/readyz to answer 503", func() bool {
+		code, st := probe("/readyz")
+		return code == http.StatusServiceUnavailable && st == "unavailable"
+	})
+	if code, st := probe("/healthz"); code != http.StatusOK || st != "ok" {
+		t.Fatalf("/healthz while draining: %d %s", code, st)
+	}
+	// The client is still served while the balancer drains.
+	if m := c.call(t, "ping", nil); m["event"] != "pong" {
+		t.Fatalf("ping while draining: %v", m)
+	}
+	c.expect(t, "server_shutdown")
+}
+
+// LOG_FORMAT=json: every line the server logs is one JSON object with time,
+// level and msg, durations as text.
+func TestJSONLogs(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "LOG_FORMAT=json", "LOG_LEVEL=debug")
+	c := dialWS(t, s, s.userToken(t, "u1", "p1"))
+	c.join(t, "p1")
+	if code := s.stop(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	lines := strings.Split(strings.TrimSpace(s.stderr.String()), "\n")
+	if len(lines) < 3 {
+		t.Fatalf("only %d log lines:\n%s", len(lines), s.stderr.String())
+	}
+	sawGrace := false
+	for _, l := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("not a JSON object: %q", l)
+		}
+		for _, k := range []string{"time", "level", "msg"} {
+			if _, ok := m[k].(string); !ok {
+				t.Errorf("%q lacks %s", l, k)
+			}
+		}
+		if g, ok := m["grace"]; ok {
+			sawGrace = g == "10s"
+		}
+	}
+	if !sawGrace {
+		t.Errorf("the shutdown line's grace is not \"10s\":\n%s", s.stderr.String())
+	}
 }

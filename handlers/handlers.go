@@ -32,6 +32,8 @@ type Config struct {
 	// Database is what the health checks; nil when there is none (embedded
 	// mode), which the health reports as "disabled".
 	Database Health
+	// Ready answers /readyz; nil: /readyz and /healthz are not mounted.
+	Ready    Ready
 	WS       http.Handler
 	SSE      http.Handler // nil until the SSE transport is mounted
 	Origins  httpguard.Origins
@@ -59,6 +61,11 @@ func New(cfg Config) *echo.Echo {
 	e.HTTPErrorHandler = writeError
 	e.Pre(releaseReadDeadline)
 
+	if cfg.Ready != nil {
+		// Probes for orchestrators and balancers, beside the API's health.
+		e.GET("/healthz", healthz)
+		e.GET("/readyz", readyz(cfg.Ready))
+	}
 	e.GET("/ws", echo.WrapHandler(cfg.WS))
 	if cfg.SSE != nil {
 		e.GET("/sse", echo.WrapHandler(cfg.SSE))

@@ -334,3 +334,27 @@ func TestCORS(t *testing.T) {
 		}
 	}
 }
+
+func TestProbes(t *testing.T) {
+	var notReady error
+	e := testServer(t, func(c *Config) { c.Ready = func(context.Context) error { return notReady } })
+	for _, tc := range []struct {
+		path, err string
+		status    int
+		body      string
+	}{
+		{"/healthz", "", http.StatusOK, `{"status":"ok"}`},
+		{"/readyz", "", http.StatusOK, `{"status":"ready"}`},
+		{"/readyz", "shutting down", http.StatusServiceUnavailable, `{"status":"unavailable","reason":"shutting down"}`},
+		{"/healthz", "shutting down", http.StatusOK, `{"status":"ok"}`},
+	} {
+		notReady = nil
+		if tc.err != "" {
+			notReady = errors.New(tc.err)
+		}
+		rec := do(t, e, "GET", tc.path, "", "")
+		if rec.Code != tc.status || strings.TrimSpace(rec.Body.String()) != tc.body {
+			t.Errorf("%s (%q): %d %s, want %d %s", tc.path, tc.err, rec.Code, rec.Body, tc.status, tc.body)
+		}
+	}
+}
