@@ -351,7 +351,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 
 	tickets := &session.Tickets{Store: st, TTL: cfg.TicketTTL}
 	authn := &session.Authenticator{Verifier: verifier, Users: st, Tickets: tickets, NoTokenInURL: !cfg.AllowTokenInURL}
-	sessions := session.NewManager(session.Options{Hub: h, Auth: authn, AuthTimeout: cfg.AuthTimeout, RateWindow: cfg.RateWindow, Leeway: cfg.JWTLeeway})
+	sessions := session.NewManager(session.Options{Hub: h, Auth: authn, AuthTimeout: cfg.AuthTimeout, RateWindow: cfg.RateWindow, Leeway: cfg.JWTLeeway, Logger: log})
 	handshakes := httpguard.NewAddrLimiter(cfg.HandshakeRate, cfg.HandshakeBurst)
 	ws := transports.NewWebSocket(sessions, transports.WSOptions{
 		PingInterval: cfg.PingInterval, PingTimeout: cfg.PingTimeout, Origins: cfg.Origins,

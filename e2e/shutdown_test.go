@@ -116,3 +116,69 @@ func TestJSONLogs(t *testing.T) {
 		t.Errorf("the shutdown line's grace is not \"10s\":\n%s", s.stderr.String())
 	}
 }
+
+// No token, ticket or secret reaches the log at any level, in either
+// format, whatever clients do: good and bad tokens in each place a token
+// goes, tickets spent and respent, a wrong metrics token. The debug lines
+// of connects, refusals, joins, leaves and ends are there.
+func TestNoSecretInLogs(t *testing.T) {
+	t.Parallel()
+	for _, format := range []string{"text", "json"} {
+		t.Run(format, func(t *testing.T) {
+			t.Parallel()
+			const metricsToken = "metrics-secret-6f1d2c"
+			s := startServer(t, "LOG_LEVEL=debug", "LOG_FORMAT="+format, "METRICS_TOKEN="+metricsToken)
+			good := s.userToken(t, "u1", "p1")
+			expired := s.expiredToken(t, "u1", "p1")
+			forged := s.userToken(t, "u1", "p1") + "x"
+			secrets := []string{testSecret, metricsToken, good, expired, forged}
+
+			c := dialWS(t, s, good)
+			c.join(t, "p1")
+			c.call(t, "leave_project", map[string]any{"projectId": "p1"})
+			if m := c.call(t, "join_project", map[string]any{"projectId": "p2"}); m["event"] != "error" {
+				t.Fatalf("join of p2: %v", m)
+			}
+			c.sendEvent(t, "auth", map[string]any{"token": forged}, 7)
+			c.expectError(t, "UNAUTHORIZED")
+			for _, tok := range []string{expired, forged} {
+				if _, _, err := tryDialWS(t, s, tok); err == nil {
+					t.Fatal("a bad token connected")
+				}
+			}
+			ticket, _ := mintTicket(t, s, good)
+			secrets = append(secrets, ticket)
+			dialWS(t, s, "", withTicket(ticket)).join(t, "p1")
+			if _, _, err := tryDialWS(t, s, "", withTicket(ticket)); err == nil {
+				t.Fatal("a spent ticket connected")
+			}
+			sc := openSSE(t, s, "/sse?projects=p1", good, nil)
+			sc.read(t)
+			sc.expectJoined(t, "p1")
+			sc.close()
+			if status, _ := s.getJSON(t, "/api/websocket/stats", forged); status != http.StatusUnauthorized {
+				t.Fatalf("stats with a forged token: %d", status)
+			}
+			resp := s.requestHeaders(t, "GET", "/metrics", "", nil, http.Header{"Authorization": {"Bearer wrong-" + metricsToken}})
+			resp.Body.Close()
+			c.Conn.Close(websocket.StatusNormalClosure, "")
+			if code := s.stop(t); code != 0 {
+				t.Fatalf("exit %d", code)
+			}
+			log := s.stderr.String()
+			for _, secret := range secrets {
+				if strings.Contains(log, secret) || strings.Contains(log, secret[:min(len(secret), 40)]) {
+					t.Errorf("the log holds a secret (%d bytes starting %.8s...)", len(secret), secret)
+				}
+			}
+			for _, want := range []string{"connected", "auth refused", "auth frame refused", "joined", "join refused", "left", "disconnected"} {
+				if !strings.Contains(log, want) {
+					t.Errorf("no %q line at debug", want)
+				}
+			}
+			if t.Failed() {
+				t.Logf("log:\n%s", log)
+			}
+		})
+	}
+}

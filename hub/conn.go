@@ -1,6 +1,8 @@
 package hub
 
 import (
+	"context"
+	"log/slog"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -92,7 +94,18 @@ func (c *Conn) Send(f *Frame) bool {
 // CloseAfterFlush queues a close: the transport closes with code once the
 // frames queued before it are written.
 func (c *Conn) CloseAfterFlush(code int, reason string) {
+	c.logClose(code, reason)
 	c.enqueue(&Frame{CloseCode: code, CloseReason: reason}, true)
+}
+
+// logClose logs a close the server decides, at info unless it is a
+// shutdown's (1001): an operator sees every abnormal close once.
+func (c *Conn) logClose(code int, reason string) {
+	level := slog.LevelInfo
+	if code == protocol.CloseGoingAway {
+		level = slog.LevelDebug
+	}
+	c.hub.log.Log(context.Background(), level, "connection closed by the server", "conn", c.ID, "user", c.User().ID, "transport", c.Transport, "code", code, "reason", reason)
 }
 
 // Pull moves up to max queued frames (all when max <= 0) into dst and returns
@@ -193,6 +206,7 @@ func (c *Conn) push(fs []*Frame, size int, force bool) (ok, wake bool) {
 		c.discardLocked(len(fs))
 		c.mu.Unlock()
 		c.hub.metrics.slowClosed.Inc()
+		c.logClose(protocol.CloseTooSlow, "too slow")
 		c.out.Abort(protocol.CloseTooSlow, "too slow")
 		return false, false
 	}
@@ -221,6 +235,7 @@ func (c *Conn) abort(code int, reason string) {
 	c.limit = -1
 	c.discardLocked(0)
 	c.mu.Unlock()
+	c.logClose(code, reason)
 	c.out.Abort(code, reason)
 }
 

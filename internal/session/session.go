@@ -11,6 +11,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -52,6 +53,9 @@ type Options struct {
 	// AuthFrames per window and connection, the first one included.
 	RateWindow time.Duration
 	AuthFrames int // default 10
+	// Logger gets the debug lines of connects, refusals, joins, leaves and
+	// ends (never a token or ticket); default slog.Default().
+	Logger *slog.Logger
 }
 
 // Manager opens sessions and runs their deadlines, for every transport.
@@ -75,6 +79,9 @@ func NewManager(opts Options) *Manager {
 	}
 	if opts.AuthFrames <= 0 {
 		opts.AuthFrames = 10
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
 	}
 	return &Manager{hub: opts.Hub, auth: opts.Auth, opts: opts}
 }
@@ -119,12 +126,15 @@ func (s *Session) Conn() *hub.Conn {
 func (s *Session) Authenticate(ctx context.Context, cred Credential) *Refusal {
 	u, exp, e := s.m.auth.AuthenticateCredential(ctx, cred)
 	if e != nil {
+		s.m.opts.Logger.Debug("auth refused", "transport", s.transport, "code", e.Code, "reason", e.Message)
 		return authRefusal(e)
 	}
 	conn, err := s.m.hub.Connect(u, s.transport, s.peer)
 	if err != nil {
+		s.m.opts.Logger.Debug("connection refused", "transport", s.transport, "user", u.ID, "reason", err.Error())
 		return connectRefusal(err)
 	}
+	s.m.opts.Logger.Debug("connected", "conn", conn.ID, "transport", s.transport, "user", u.ID, "role", u.Role)
 	s.mu.Lock()
 	s.conn, s.expires = conn, exp
 	s.mu.Unlock()
@@ -159,6 +169,7 @@ func (s *Session) End() {
 	s.mu.Unlock()
 	s.m.deadlines.remove(s)
 	if conn != nil {
+		s.m.opts.Logger.Debug("disconnected", "conn", conn.ID, "transport", s.transport, "user", conn.User().ID)
 		s.m.hub.Disconnect(conn)
 	}
 }
@@ -285,6 +296,7 @@ func (s *Session) handle(msg []byte) {
 			s.replyError(protocol.Error{Code: protocol.CodeNotInProject, Message: "not joined to this project", ProjectID: ref.ProjectID}, f.Ack)
 			return
 		}
+		s.m.opts.Logger.Debug("left", "conn", conn.ID, "user", conn.User().ID, "project", ref.ProjectID)
 		conn.Send(hub.Reply(protocol.LeftProject, "", protocol.Left{ProjectID: ref.ProjectID, Reason: protocol.ReasonRequested}, f.Ack))
 	case protocol.Ping:
 		conn.Send(hub.Reply(protocol.Pong, "", protocol.PongData{TS: time.Now().UnixMilli()}, f.Ack))
@@ -310,7 +322,9 @@ func (s *Session) handle(msg []byte) {
 // hub queues joined_project, carrying ack, then the replay after since,
 // then live events. A refusal comes back as the error to answer with.
 func (s *Session) Join(ctx context.Context, projectID string, since *int64, ack json.RawMessage) (protocol.Joined, *protocol.Error) {
-	res, err := s.m.hub.Join(ctx, s.Conn(), projectID, since, ack)
+	conn := s.Conn()
+	res, err := s.m.hub.Join(ctx, conn, projectID, since, ack)
+	s.logJoin(conn, projectID, err)
 	return res, joinError(err, projectID)
 }
 
@@ -320,7 +334,9 @@ func (s *Session) Join(ctx context.Context, projectID string, since *int64, ack 
 func (s *Session) JoinAll(ctx context.Context, projectIDs []string, since protocol.Cursor) ([]protocol.Joined, []protocol.Error) {
 	var joined []protocol.Joined
 	var refused []protocol.Error
-	for _, o := range s.m.hub.JoinAll(ctx, s.Conn(), projectIDs, since) {
+	conn := s.Conn()
+	for _, o := range s.m.hub.JoinAll(ctx, conn, projectIDs, since) {
+		s.logJoin(conn, o.ProjectID, o.Err)
 		if e := joinError(o.Err, o.ProjectID); e != nil {
 			refused = append(refused, *e)
 			continue
@@ -328,6 +344,15 @@ func (s *Session) JoinAll(ctx context.Context, projectIDs []string, since protoc
 		joined = append(joined, o.Joined)
 	}
 	return joined, refused
+}
+
+// logJoin logs a join or its refusal at debug.
+func (s *Session) logJoin(conn *hub.Conn, projectID string, err error) {
+	if err != nil {
+		s.m.opts.Logger.Debug("join refused", "conn", conn.ID, "user", conn.User().ID, "project", projectID, "reason", err.Error())
+		return
+	}
+	s.m.opts.Logger.Debug("joined", "conn", conn.ID, "user", conn.User().ID, "project", projectID)
 }
 
 // joinError maps a refused join to the error to answer with; nil for none.
@@ -373,6 +398,7 @@ func (s *Session) handleAuth(f protocol.ClientFrame) {
 	defer cancel()
 	u, exp, e := s.m.auth.Authenticate(ctx, token)
 	if e != nil {
+		s.m.opts.Logger.Debug("auth frame refused", "transport", s.transport, "code", e.Code, "reason", e.Message)
 		s.replyError(*e, f.Ack)
 		return
 	}
@@ -410,6 +436,7 @@ func (s *Session) handleAuth(f protocol.ClientFrame) {
 	s.armExpiryLocked()
 	s.mu.Unlock()
 	if !refresh {
+		s.m.opts.Logger.Debug("connected", "conn", conn.ID, "transport", s.transport, "user", u.ID, "role", u.Role)
 		s.peer.Attach(conn)
 	}
 	data := protocol.AuthenticatedData{UserID: u.ID}
