@@ -161,6 +161,13 @@ func TestNoSecretInLogs(t *testing.T) {
 			}
 			resp := s.requestHeaders(t, "GET", "/metrics", "", nil, http.Header{"Authorization": {"Bearer wrong-" + metricsToken}})
 			resp.Body.Close()
+			// Every HTTP answer carries a request id, which its debug line names.
+			resp = s.request(t, "GET", "/api/websocket/health?token="+good, "", nil)
+			resp.Body.Close()
+			reqID := resp.Header.Get("X-Request-Id")
+			if reqID == "" {
+				t.Fatal("no X-Request-Id on an answer")
+			}
 			c.Conn.Close(websocket.StatusNormalClosure, "")
 			if code := s.stop(t); code != 0 {
 				t.Fatalf("exit %d", code)
@@ -171,7 +178,7 @@ func TestNoSecretInLogs(t *testing.T) {
 					t.Errorf("the log holds a secret (%d bytes starting %.8s...)", len(secret), secret)
 				}
 			}
-			for _, want := range []string{"connected", "auth refused", "auth frame refused", "joined", "join refused", "left", "disconnected"} {
+			for _, want := range []string{"connected", "auth refused", "auth frame refused", "joined", "join refused", "left", "disconnected", "http request", reqID} {
 				if !strings.Contains(log, want) {
 					t.Errorf("no %q line at debug", want)
 				}

@@ -60,6 +60,7 @@ func New(cfg Config) *echo.Echo {
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = writeError
 	e.Pre(releaseReadDeadline)
+	e.Use(middleware.RequestID(), requestLog(log))
 
 	if cfg.Ready != nil {
 		// Probes for orchestrators and balancers, beside the API's health.
