@@ -4,7 +4,7 @@
 GO ?= go
 BIN := bin/sagapush
 
-.PHONY: typecheck pack build run test test-short lint fuzz bench clean
+.PHONY: typecheck pack build run test test-short lint fuzz bench clean dist
 
 build:
 	$(GO) build -buildvcs=auto -o $(BIN) .
@@ -66,3 +66,16 @@ bench: build
 
 clean:
 	rm -rf bin
+
+# Release binaries: static (no cgo), stripped, with the commit they were
+# built from (sagapush version), for linux/amd64 and linux/arm64 in dist/.
+# The host's own one is run to show its version.
+DIST := linux/amd64 linux/arm64
+
+dist:
+	@set -e; mkdir -p dist; for p in $(DIST); do \
+		out=dist/sagapush-$${p%/*}-$${p#*/}; \
+		CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -buildvcs=auto -ldflags='-s -w' -o $$out .; \
+		echo "$$out"; \
+	done
+	@host=dist/sagapush-$$($(GO) env GOOS)-$$($(GO) env GOARCH); if [ -x $$host ]; then $$host version; fi
