@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,6 +154,21 @@ func presenceAPI(t testing.TB, s *testServer, projectID, token string) []string 
 }
 
 func same(got []string, want ...string) bool { return slices.Equal(got, want) }
+
+// family seeds project p1 with the users (named as their id, capitalized):
+// the first its storyteller, the others facilitators.
+func (e *pgEnv) family(t testing.TB, users ...string) {
+	t.Helper()
+	e.exec(t, `INSERT INTO projects (id, name) VALUES ('p1', 'One')`)
+	for i, u := range users {
+		role := "facilitator"
+		if i == 0 {
+			role = "storyteller"
+		}
+		e.exec(t, `INSERT INTO users (id, name) VALUES ($1, $2)`, u, strings.ToUpper(u[:1])+u[1:])
+		e.exec(t, `INSERT INTO project_roles (project_id, user_id, role) VALUES ('p1', $1, $2)`, u, role)
+	}
+}
 
 // watching names a client that keeps presence messages.
 func watching(name string) dialOpt {
@@ -443,9 +459,7 @@ func TestPGPresenceTwoInstances(t *testing.T) {
 func TestPGPresenceKilledInstance(t *testing.T) {
 	t.Parallel()
 	e := newPGEnv(t)
-	e.exec(t, `INSERT INTO users (id, name) VALUES ('alice', 'Alice'), ('bob', 'Bob'), ('carol', 'Carol')`)
-	e.exec(t, `INSERT INTO projects (id, name) VALUES ('p1', 'One')`)
-	e.exec(t, `INSERT INTO project_roles (project_id, user_id, role) VALUES ('p1', 'alice', 'storyteller'), ('p1', 'bob', 'facilitator'), ('p1', 'carol', 'facilitator')`)
+	e.family(t, "alice", "bob", "carol")
 	const ttl = 3 * time.Second
 	env := []string{"PRESENCE_GRACE_MS=1000", fmt.Sprintf("PRESENCE_TTL_MS=%d", ttl.Milliseconds())}
 	a := e.start(t, env...)
@@ -480,9 +494,7 @@ func TestPGPresenceKilledInstance(t *testing.T) {
 func TestPGPresenceRevoked(t *testing.T) {
 	t.Parallel()
 	e := newPGEnv(t)
-	e.exec(t, `INSERT INTO users (id, name) VALUES ('alice', 'Alice'), ('bob', 'Bob')`)
-	e.exec(t, `INSERT INTO projects (id, name) VALUES ('p1', 'One')`)
-	e.exec(t, `INSERT INTO project_roles (project_id, user_id, role) VALUES ('p1', 'alice', 'storyteller'), ('p1', 'bob', 'facilitator')`)
+	e.family(t, "alice", "bob")
 	a := e.start(t, "PRESENCE_GRACE_MS=500")
 	b := e.start(t, "PRESENCE_GRACE_MS=500")
 	alice := dialWS(t, a, a.named(t, "alice", ""), watching("alice@A"))
@@ -507,9 +519,7 @@ func TestPGPresenceRevoked(t *testing.T) {
 func TestPGPresenceListenerReconnect(t *testing.T) {
 	t.Parallel()
 	e := newPGEnv(t)
-	e.exec(t, `INSERT INTO users (id, name) VALUES ('alice', 'Alice'), ('bob', 'Bob'), ('carol', 'Carol')`)
-	e.exec(t, `INSERT INTO projects (id, name) VALUES ('p1', 'One')`)
-	e.exec(t, `INSERT INTO project_roles (project_id, user_id, role) VALUES ('p1', 'alice', 'storyteller'), ('p1', 'bob', 'facilitator'), ('p1', 'carol', 'facilitator')`)
+	e.family(t, "alice", "bob", "carol")
 	a := e.start(t)
 	b := e.start(t)
 	alice := dialWS(t, a, a.named(t, "alice", ""), watching("alice@A"))
@@ -540,9 +550,7 @@ func TestPGPresenceListenerReconnect(t *testing.T) {
 func TestPGPresenceWritesTransitionsOnly(t *testing.T) {
 	t.Parallel()
 	e := newPGEnv(t)
-	e.exec(t, `INSERT INTO users (id, name) VALUES ('alice', 'Alice')`)
-	e.exec(t, `INSERT INTO projects (id, name) VALUES ('p1', 'One')`)
-	e.exec(t, `INSERT INTO project_roles (project_id, user_id, role) VALUES ('p1', 'alice', 'storyteller')`)
+	e.family(t, "alice")
 	// A long TTL: no lease renewal falls inside the test.
 	a := e.start(t, "PRESENCE_TTL_MS=600000")
 	alice := dialWS(t, a, a.named(t, "alice", ""), watching("alice"))
@@ -571,9 +579,7 @@ func TestPGPresenceWritesTransitionsOnly(t *testing.T) {
 func TestPGPresenceGoodbye(t *testing.T) {
 	t.Parallel()
 	e := newPGEnv(t)
-	e.exec(t, `INSERT INTO users (id, name) VALUES ('alice', 'Alice'), ('bob', 'Bob'), ('carol', 'Carol')`)
-	e.exec(t, `INSERT INTO projects (id, name) VALUES ('p1', 'One')`)
-	e.exec(t, `INSERT INTO project_roles (project_id, user_id, role) VALUES ('p1', 'alice', 'storyteller'), ('p1', 'bob', 'facilitator'), ('p1', 'carol', 'facilitator')`)
+	e.family(t, "alice", "bob", "carol")
 	const grace = 2 * time.Second
 	env := fmt.Sprintf("PRESENCE_GRACE_MS=%d", grace.Milliseconds())
 	a := e.start(t, env)
