@@ -59,6 +59,7 @@ var settings = []setting{
 	{"TICKET_TTL_MS", "30000", "lifetime of a one-time connect ticket"},
 	{"ALLOW_TOKEN_IN_URL", "true", "false: /ws and /sse refuse ?token= (401)"},
 	{"METRICS_TOKEN", "", "when set, /metrics needs Authorization: Bearer <it>; unset: public"},
+	{"TRUSTED_PROXIES", "", "reverse proxies (IPs, CIDRs, comma list) whose X-Forwarded-For names the client for the per-address limits"},
 	{"HTTP_CONNS_PER_ADDRESS", "512", "plain HTTP connections one client IP may hold at once (0: no limit)"},
 	{"PRESENCE_GRACE_MS", "5000", "ms a user stays online after its last connection to a project left"},
 	{"PRESENCE_TTL_MS", "30000", "ms within which a dead instance's users go offline elsewhere (at least 500)"},

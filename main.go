@@ -111,6 +111,7 @@ type config struct {
 	MaxConnsPerUser int
 	HandshakeRate   float64
 	HandshakeBurst  int
+	Proxies         httpguard.Proxies
 	ShutdownGrace   time.Duration
 	ShutdownDelay   time.Duration
 	ReconnectAfter  time.Duration
@@ -191,6 +192,11 @@ func loadConfig() (config, error) {
 		// The embedded store trims its history to half this size at once.
 		errs = append(errs, fmt.Errorf("EMBEDDED_HISTORY must be at least 2, not %d", c.MemoryHistory))
 	}
+	proxies, err := httpguard.ParseProxies(env("TRUSTED_PROXIES"))
+	if err != nil {
+		errs = append(errs, fmt.Errorf("TRUSTED_PROXIES: %w", err))
+	}
+	c.Proxies = proxies
 	for _, o := range strings.Split(env("WEBSOCKET_CORS_ORIGIN"), ",") {
 		if o = strings.TrimSpace(o); o != "" {
 			c.Origins = append(c.Origins, o)
@@ -352,7 +358,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	tickets := &session.Tickets{Store: st, TTL: cfg.TicketTTL}
 	authn := &session.Authenticator{Verifier: verifier, Users: st, Tickets: tickets, NoTokenInURL: !cfg.AllowTokenInURL}
 	sessions := session.NewManager(session.Options{Hub: h, Auth: authn, AuthTimeout: cfg.AuthTimeout, RateWindow: cfg.RateWindow, Leeway: cfg.JWTLeeway, Logger: log})
-	handshakes := httpguard.NewAddrLimiter(cfg.HandshakeRate, cfg.HandshakeBurst)
+	handshakes := httpguard.NewAddrLimiter(cfg.HandshakeRate, cfg.HandshakeBurst, cfg.Proxies)
 	ws := transports.NewWebSocket(sessions, transports.WSOptions{
 		PingInterval: cfg.PingInterval, PingTimeout: cfg.PingTimeout, Origins: cfg.Origins,
 		Handshakes: handshakes, CompressAbove: cfg.CompressAbove,
@@ -364,7 +370,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	if st.Mode() != "embedded" {
 		database = st
 	}
-	conns := httpguard.NewConnLimiter(cfg.ConnsPerAddress)
+	conns := httpguard.NewConnLimiter(cfg.ConnsPerAddress, cfg.Proxies)
 	var stopping atomic.Bool // set at SIGTERM: /readyz fails from then on
 	ready := func(ctx context.Context) error {
 		if stopping.Load() {
@@ -392,7 +398,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 		Presence: pres, Members: st, Ready: ready,
 		WS: ws, SSE: sse, Origins: cfg.Origins,
 		Gatherer: reg, MetricsToken: cfg.MetricsToken, Unauthenticated: ws.Unauthenticated,
-		Web: web.Files, Logger: log, Pprof: env("PPROF") == "1",
+		Web: web.Files, Logger: log, Pprof: env("PPROF") == "1", ClientIP: cfg.Proxies.ClientIP(),
 	})
 
 	ln, err := net.Listen("tcp", ":"+cfg.Port)

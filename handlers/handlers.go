@@ -48,6 +48,9 @@ type Config struct {
 	Logger          *slog.Logger
 	// Pprof mounts /debug/pprof (PPROF=1): for profiling, never on by default.
 	Pprof bool
+	// ClientIP finds a request's client address (TRUSTED_PROXIES); nil:
+	// the direct peer's.
+	ClientIP func(*http.Request) string
 }
 
 // New returns the echo server with every route of docs/protocol.md sections 4, 5 and 8.
@@ -59,6 +62,11 @@ func New(cfg Config) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = writeError
+	if cfg.ClientIP != nil {
+		e.IPExtractor = cfg.ClientIP
+	} else {
+		e.IPExtractor = echo.ExtractIPDirect()
+	}
 	e.Pre(releaseReadDeadline)
 	e.Use(middleware.RequestID(), requestLog(log))
 

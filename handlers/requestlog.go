@@ -24,7 +24,7 @@ func requestLog(log *slog.Logger) echo.MiddlewareFunc {
 				status = asAPIError(err).status
 			}
 			log.Debug("http request", "id", c.Response().Header().Get(echo.HeaderXRequestID),
-				"method", c.Request().Method, "path", c.Request().URL.Path, "status", status,
+				"client", c.RealIP(), "method", c.Request().Method, "path", c.Request().URL.Path, "status", status,
 				"duration", time.Since(start))
 			return err
 		}

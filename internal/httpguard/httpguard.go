@@ -1,20 +1,87 @@
 // Package httpguard holds what an HTTP request must pass before a transport
 // or the API looks at it: the origin policy (WEBSOCKET_CORS_ORIGIN), the
+// client's address behind trusted proxies (TRUSTED_PROXIES), the
 // per-address rate of new connections and the per-address count of open
 // plain-HTTP connections.
 package httpguard
 
 import (
+	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/labstack/echo/v4"
 	"golang.org/x/time/rate"
 )
+
+// Proxies are the addresses of the reverse proxies in front of the service
+// (TRUSTED_PROXIES). Only a request that comes from one of them has its
+// X-Forwarded-For believed; anyone else could write any address there and
+// escape the per-address limits.
+type Proxies []netip.Prefix
+
+// ParseProxies reads a comma-separated list of addresses and CIDR ranges.
+func ParseProxies(list string) (Proxies, error) {
+	var p Proxies
+	for _, f := range strings.Split(list, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if !strings.Contains(f, "/") {
+			a, err := netip.ParseAddr(f)
+			if err != nil {
+				return nil, fmt.Errorf("%q is not an IP address or CIDR range", f)
+			}
+			p = append(p, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			continue
+		}
+		pre, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an IP address or CIDR range", f)
+		}
+		p = append(p, netip.PrefixFrom(pre.Addr().Unmap(), pre.Bits()).Masked())
+	}
+	return p, nil
+}
+
+// Contains reports whether a "host:port" or bare address is a proxy's.
+func (p Proxies) Contains(addr string) bool {
+	a, err := netip.ParseAddr(hostOf(addr))
+	if err != nil {
+		return false
+	}
+	a = a.Unmap()
+	for _, pre := range p {
+		if pre.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// ClientIP returns the function that finds a request's client address:
+// the direct peer's, or, when the peer is a proxy, the right-most
+// X-Forwarded-For entry that is not a proxy's (entries further left were
+// written by the client and prove nothing). echo's extractor does the
+// walk; every range echo trusts by default (loopback, private networks) is
+// turned off so that only the listed ones count.
+func (p Proxies) ClientIP() func(*http.Request) string {
+	if len(p) == 0 {
+		return echo.ExtractIPDirect()
+	}
+	opts := []echo.TrustOption{echo.TrustLoopback(false), echo.TrustLinkLocal(false), echo.TrustPrivateNet(false)}
+	for _, pre := range p {
+		opts = append(opts, echo.TrustIPRange(&net.IPNet{IP: pre.Addr().AsSlice(), Mask: net.CIDRMask(pre.Bits(), pre.Addr().BitLen())}))
+	}
+	return echo.ExtractIPFromXFFHeader(opts...)
+}
 
 // Origins is the WEBSOCKET_CORS_ORIGIN policy: a request without Origin is
 // allowed; with one, it must be listed, or, when the list is empty, be the
@@ -47,18 +114,20 @@ func (o Origins) Listed(origin string) bool {
 // AddrLimiter caps new connections per client address per second, before
 // any upgrade or stream starts.
 type AddrLimiter struct {
-	rate  rate.Limit
-	burst int
+	rate     rate.Limit
+	burst    int
+	clientIP func(*http.Request) string
 
 	mu    sync.Mutex
 	addrs map[string]*rate.Limiter
 	swept time.Time
 }
 
-// NewAddrLimiter allows perSecond new connections per address, with bursts
-// of burst. perSecond <= 0 disables the limit.
-func NewAddrLimiter(perSecond float64, burst int) *AddrLimiter {
-	return &AddrLimiter{rate: rate.Limit(perSecond), burst: burst, addrs: make(map[string]*rate.Limiter)}
+// NewAddrLimiter allows perSecond new connections per client address (as
+// proxies.ClientIP finds it), with bursts of burst. perSecond <= 0 disables
+// the limit.
+func NewAddrLimiter(perSecond float64, burst int, proxies Proxies) *AddrLimiter {
+	return &AddrLimiter{rate: rate.Limit(perSecond), burst: burst, clientIP: proxies.ClientIP(), addrs: make(map[string]*rate.Limiter)}
 }
 
 // Allow takes one handshake of the request's address.
@@ -66,7 +135,7 @@ func (l *AddrLimiter) Allow(r *http.Request) bool {
 	if l == nil || l.rate <= 0 {
 		return true
 	}
-	host := hostOf(r.RemoteAddr)
+	host := l.clientIP(r)
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -101,9 +170,12 @@ func hostOf(addr string) string {
 // address (HTTP_CONNS_PER_ADDRESS), idle keep-alive ones included, so that
 // one address cannot hold the server's sockets with requests it sends
 // slowly or never. A connection stops counting once hijacked: WebSockets and
-// SSE streams have limits of their own. Hand ConnState to http.Server.
+// SSE streams have limits of their own. A trusted proxy's connections are
+// not counted: they carry every client behind it. Hand ConnState to
+// http.Server.
 type ConnLimiter struct {
 	max     int
+	proxies Proxies
 	refused atomic.Uint64
 
 	mu    sync.Mutex
@@ -111,13 +183,13 @@ type ConnLimiter struct {
 	addrs map[string]int
 }
 
-// NewConnLimiter allows max connections per address; max <= 0 returns nil,
-// which allows any number.
-func NewConnLimiter(max int) *ConnLimiter {
+// NewConnLimiter allows max connections per address but the proxies';
+// max <= 0 returns nil, which allows any number.
+func NewConnLimiter(max int, proxies Proxies) *ConnLimiter {
 	if max <= 0 {
 		return nil
 	}
-	return &ConnLimiter{max: max, conns: make(map[net.Conn]string), addrs: make(map[string]int)}
+	return &ConnLimiter{max: max, proxies: proxies, conns: make(map[net.Conn]string), addrs: make(map[string]int)}
 }
 
 // ConnState counts a new connection, closing it at once when its address
@@ -128,7 +200,11 @@ func (l *ConnLimiter) ConnState(c net.Conn, state http.ConnState) {
 	}
 	switch state {
 	case http.StateNew:
-		host := hostOf(c.RemoteAddr().String())
+		addr := c.RemoteAddr().String()
+		if l.proxies.Contains(addr) {
+			return
+		}
+		host := hostOf(addr)
 		l.mu.Lock()
 		l.conns[c] = host
 		l.addrs[host]++
