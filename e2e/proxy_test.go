@@ -66,13 +66,7 @@ http {
 // only). nginx is stopped when the test ends.
 func startNginx(t *testing.T, s *testServer) *testServer {
 	t.Helper()
-	if _, err := os.Stat(nginxBin); err != nil {
-		msg := fmt.Sprintf("nginx is not installed at %s (apt-get install -y nginx): %v", nginxBin, err)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	requireNginx(t)
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
 		p, err := tryStartNginx(t, s)
@@ -89,38 +83,68 @@ func startNginx(t *testing.T, s *testServer) *testServer {
 func tryStartNginx(t *testing.T, s *testServer) (*testServer, error) {
 	t.Helper()
 	dir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
-		return nil, err
-	}
-	// A free port: taken by the system, released for nginx. Another
-	// process may grab it meanwhile; the caller then tries again.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-
-	user := ""
-	if os.Geteuid() == 0 {
-		// As root nginx would run its worker as nobody, which cannot enter
-		// the test's 0700 temp directory.
-		user = "user root;\n"
-	}
-	conf := strings.NewReplacer("{{USER}}", user, "{{DIR}}", dir,
+	port := freePort(t)
+	conf := strings.NewReplacer("{{USER}}", nginxUser(), "{{DIR}}", dir,
 		"{{PORT}}", fmt.Sprint(port), "{{UPSTREAM}}", fmt.Sprint(s.Port)).Replace(nginxConf)
+	if err := launchNginx(t, dir, conf, port); err != nil {
+		return nil, err
+	}
+	return &testServer{
+		URL:    fmt.Sprintf("http://127.0.0.1:%d", port),
+		WSURL:  fmt.Sprintf("ws://127.0.0.1:%d/ws", port),
+		Port:   port,
+		Secret: s.Secret,
+	}, nil
+}
+
+// requireNginx skips the test when Debian's nginx is missing, or fails it
+// under CI=true.
+func requireNginx(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(nginxBin); err != nil {
+		msg := fmt.Sprintf("nginx is not installed at %s (apt-get install -y nginx): %v", nginxBin, err)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+}
+
+// nginxUser is the user line of a test's nginx.conf: as root nginx would
+// run its worker as nobody, which cannot enter the test's 0700 temp
+// directory.
+func nginxUser() string {
+	if os.Geteuid() == 0 {
+		return "user root;\n"
+	}
+	return ""
+}
+
+// launchNginx writes conf as dir/nginx.conf (its temp paths under
+// dir/tmp), checks it with nginx -t, runs nginx in the foreground and
+// waits until it listens on every port. nginx is stopped when the test
+// ends, and its logs shown if the test failed.
+func launchNginx(t *testing.T, dir, conf string, ports ...int) error {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
+		return err
+	}
 	confPath := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		return nil, err
+		return err
+	}
+	args := []string{"-p", dir, "-e", filepath.Join(dir, "error.log"), "-c", confPath}
+	if out, err := exec.Command(nginxBin, append(args, "-t")...).CombinedOutput(); err != nil {
+		t.Fatalf("nginx -t refuses the configuration: %v\n%s", err, out)
 	}
 	out := &testsupport.SyncBuffer{}
-	cmd := exec.Command(nginxBin, "-p", dir, "-e", filepath.Join(dir, "error.log"), "-c", confPath, "-g", "daemon off;")
+	cmd := exec.Command(nginxBin, append(args, "-g", "daemon off;")...)
 	cmd.Stdout, cmd.Stderr = out, out
 	// Its own process group: the master and its workers, and nothing else,
 	// can be killed together if it does not stop on SIGQUIT.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return err
 	}
 	exited := make(chan struct{})
 	go func() {
@@ -148,22 +172,24 @@ func tryStartNginx(t *testing.T, s *testServer) (*testServer, error) {
 	}
 
 	deadline := time.Now().Add(waitTimeout)
-	for {
-		select {
-		case <-exited:
-			return nil, fmt.Errorf("nginx exited at start: %s", logs())
-		default:
+	for _, port := range ports {
+		for {
+			select {
+			case <-exited:
+				return fmt.Errorf("nginx exited at start: %s", logs())
+			default:
+			}
+			c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				stop()
+				return fmt.Errorf("nginx not listening on %d after %v: %s", port, waitTimeout, logs())
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			stop()
-			return nil, fmt.Errorf("nginx not listening on %d after %v: %s", port, waitTimeout, logs())
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 	t.Cleanup(func() {
 		stop()
@@ -171,12 +197,7 @@ func tryStartNginx(t *testing.T, s *testServer) (*testServer, error) {
 			t.Logf("nginx logs:\n%s", logs())
 		}
 	})
-	return &testServer{
-		URL:    fmt.Sprintf("http://127.0.0.1:%d", port),
-		WSURL:  fmt.Sprintf("ws://127.0.0.1:%d/ws", port),
-		Port:   port,
-		Secret: s.Secret,
-	}, nil
+	return nil
 }
 
 func TestProxyNginx(t *testing.T) {
