@@ -5,10 +5,12 @@ package main
 // help), the help of each command, and version.
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -16,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 )
 
 // setting is one environment variable: its default as text ("" when unset
@@ -124,6 +127,8 @@ var commands = []command{
 		"print an HS256 token signed with JWT_SECRET (for development and the demo)", "sagapush token --user ID [flags]", []string{"JWT_SECRET"}},
 	{"demo", "sagapush demo [--url http://localhost:PORT]",
 		"with DATABASE_URL and JWT_SECRET: migrate, seed a demo family and print its demo page's URLs and tokens", "sagapush demo [--url URL]", []string{"DATABASE_URL", "JWT_SECRET", "PORT"}},
+	{"healthcheck", "sagapush healthcheck [--ready] [--url http://127.0.0.1:PORT]",
+		"ask a running server's /healthz (--ready: /readyz) and exit 0 when it answers 200: a container's health check with no shell or curl", "sagapush healthcheck [--ready]", []string{"PORT"}},
 	{"version", "sagapush version", "print the version and the commit it was built from", "", []string{}},
 	{"help", "sagapush help [command]", "this help, or one command's", "", []string{}},
 }
@@ -208,7 +213,7 @@ func hasFlags(fs *flag.FlagSet) bool {
 }
 
 func unknownCommand(name string) error {
-	return usageError{fmt.Errorf("unknown command %q (commands: serve, migrate, token, demo, version, help; see 'sagapush help')", name)}
+	return usageError{fmt.Errorf("unknown command %q (commands: serve, migrate, token, demo, healthcheck, version, help; see 'sagapush help')", name)}
 }
 
 // commandFlags is a command's flag set, for its help.
@@ -222,6 +227,9 @@ func commandFlags(name string) *flag.FlagSet {
 		return fs
 	case "demo":
 		fs, _ := demoFlags()
+		return fs
+	case "healthcheck":
+		fs, _, _ := healthcheckFlags()
 		return fs
 	}
 	return nil
@@ -304,4 +312,45 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func healthcheckFlags() (fs *flag.FlagSet, ready *bool, url *string) {
+	fs = flag.NewFlagSet("healthcheck", flag.ContinueOnError)
+	ready = fs.Bool("ready", false, "ask /readyz (database and listener up, not shutting down) instead of /healthz (the process serves)")
+	url = fs.String("url", "", "the server's base URL (default http://127.0.0.1:PORT)")
+	return fs, ready, url
+}
+
+// healthcheck is for container images without a shell: Docker's
+// HEALTHCHECK runs the binary itself. It answers within 3 s.
+func healthcheck(args []string, stdout io.Writer) error {
+	fs, ready, url := healthcheckFlags()
+	if done, err := parseFlags(fs, args, stdout); done || err != nil {
+		return err
+	}
+	base := *url
+	if base == "" {
+		base = "http://127.0.0.1:" + envOr("PORT")
+	}
+	path := "/healthz"
+	if *ready {
+		path = "/readyz"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+path, nil)
+	if err != nil {
+		return usageError{fmt.Errorf("healthcheck: %w", err)}
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("healthcheck: %s answered %d: %s", path, resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	fmt.Fprintf(stdout, "%s: %s\n", path, strings.TrimSpace(string(body)))
+	return nil
 }

@@ -67,6 +67,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = demo(args, stdout)
 	case "version":
 		err = version(args, stdout)
+	case "healthcheck":
+		err = healthcheck(args, stdout)
 	case "help":
 		switch len(args) {
 		case 0:

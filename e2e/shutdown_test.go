@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"syscall"
@@ -66,6 +67,21 @@ func TestReadyzFailsAtSIGTERM(t *testing.T) {
 	if code, st := probe("/readyz"); code != http.StatusOK || st != "ready" {
 		t.Fatalf("/readyz before: %d %s", code, st)
 	}
+	// The container health check (deploy/Dockerfile) asks the same paths.
+	port := fmt.Sprintf("PORT=%d", s.Port)
+	healthcheck := func(ready bool) (string, int) {
+		args := []string{"healthcheck"}
+		if ready {
+			args = append(args, "--ready")
+		}
+		out, errOut, code := runBin(t, []string{port}, args...)
+		return out + errOut, code
+	}
+	for _, ready := range []bool{false, true} {
+		if out, code := healthcheck(ready); code != 0 {
+			t.Fatalf("healthcheck (ready %v) of a serving server: exit %d: %s", ready, code, out)
+		}
+	}
 	c := dialWS(t, s, s.userToken(t, "u1", "p1"))
 	c.join(t, "p1")
 	s.signal(t, syscall.SIGTERM)
@@ -75,6 +91,12 @@ func TestReadyzFailsAtSIGTERM(t *testing.T) {
 	})
 	if code, st := probe("/healthz"); code != http.StatusOK || st != "ok" {
 		t.Fatalf("/healthz while draining: %d %s", code, st)
+	}
+	if out, code := healthcheck(false); code != 0 {
+		t.Fatalf("healthcheck while draining: exit %d: %s", code, out)
+	}
+	if out, code := healthcheck(true); code != 1 || !strings.Contains(out, "/readyz answered 503") {
+		t.Fatalf("healthcheck --ready while draining: exit %d: %s; want 1 and the 503", code, out)
 	}
 	// The client is still served while the balancer drains.
 	if m := c.call(t, "ping", nil); m["event"] != "pong" {
