@@ -190,11 +190,26 @@ func TestNoSecretInLogs(t *testing.T) {
 			if reqID == "" {
 				t.Fatal("no X-Request-Id on an answer")
 			}
+			dropped := dialWS(t, s, good)
+			dropped.join(t, "p1")
+			dropped.Conn.CloseNow() // no close frame: logged as 1006
 			c.Conn.Close(websocket.StatusNormalClosure, "")
 			if code := s.stop(t); code != 0 {
 				t.Fatalf("exit %d", code)
 			}
 			log := s.stderr.String()
+			// A WebSocket's end names the client's close code.
+			for _, code := range []string{"1000", "1006"} {
+				found := false
+				for _, l := range strings.Split(log, "\n") {
+					if strings.Contains(l, "disconnected") && (strings.Contains(l, "code="+code) || strings.Contains(l, `"code":`+code)) {
+						found = true
+					}
+				}
+				if !found {
+					t.Errorf("no disconnected line with close code %s", code)
+				}
+			}
 			for _, secret := range secrets {
 				if strings.Contains(log, secret) || strings.Contains(log, secret[:min(len(secret), 40)]) {
 					t.Errorf("the log holds a secret (%d bytes starting %.8s...)", len(secret), secret)

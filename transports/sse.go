@@ -87,7 +87,7 @@ func (s *SSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	handedOff := false
 	defer func() {
 		if !handedOff {
-			sess.End()
+			sess.End(0)
 		}
 	}()
 	q := r.URL.Query()
@@ -299,7 +299,7 @@ func (w *sseWriter) loop() {
 func (w *sseWriter) end() {
 	w.unwatch()
 	w.nc.Close()
-	w.sess.End()
+	w.sess.End(0)
 	w.s.mu.Lock()
 	w.s.streams--
 	w.s.mu.Unlock()

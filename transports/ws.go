@@ -84,6 +84,7 @@ func NewWebSocket(sm *session.Manager, opts WSOptions) *WebSocket {
 		sentCounter: h.Metrics().MessagesOut.WithLabelValues(protocol.WebSocket)}
 	m.HandleConnect(ws.onConnect)
 	m.HandleDisconnect(ws.onDisconnect)
+	m.HandleClose(ws.onClose)
 	m.HandleMessage(ws.onMessage)
 	// A binary frame goes through the inbox as nil (a text frame is never
 	// nil: gorilla reads it with io.ReadAll), so that its error comes in
@@ -129,7 +130,7 @@ func (ws *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			// gorilla already answered the failed upgrade.
 			ws.hub.Metrics().Handshakes.WithLabelValues(protocol.WebSocket, "upgrade_failed").Inc()
-			c.session.End()
+			c.session.End(0)
 			close(c.upgraded)
 		}
 	}()
@@ -200,6 +201,18 @@ func (ws *WebSocket) onConnect(s *melody.Session) {
 	c.Wake()
 }
 
+// onClose keeps the code of the client's close frame for the log, then
+// does what gorilla's own close handler does: answer with the same code.
+func (ws *WebSocket) onClose(s *melody.Session, code int, _ string) error {
+	if c := ws.clients.get(s); c != nil && code > 0 && code <= 0xffff {
+		c.mu.Lock()
+		c.clientCode = uint16(code)
+		c.mu.Unlock()
+	}
+	s.WebsocketConnection().WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(time.Second))
+	return nil
+}
+
 func (ws *WebSocket) onDisconnect(s *melody.Session) {
 	c := ws.clients.get(s)
 	c.mu.Lock()
@@ -207,9 +220,13 @@ func (ws *WebSocket) onDisconnect(s *melody.Session) {
 	if c.conn == nil {
 		ws.unauth.Add(-1)
 	}
+	code := int(c.clientCode)
 	c.mu.Unlock()
 	ws.clients.remove(s)
-	c.session.End()
+	if code == 0 {
+		code = protocol.CloseAbnormal // no close frame came
+	}
+	c.session.End(code)
 	c.finish(s.WebsocketConnection().NetConn())
 }
 
@@ -252,6 +269,7 @@ type wsClient struct {
 	finished   bool     // the read loop ended, and finish will not read: closes are full
 
 	rejectOrigin bool
+	clientCode   uint16        // the code of the client's close frame, for the log; under mu
 	upgraded     chan struct{} // closed once the upgrade succeeded or failed
 	session      *session.Session
 

@@ -89,6 +89,7 @@ const (
 // WebSocket close codes (section 3).
 const (
 	CloseGoingAway       = 1001 // server shutting down
+	CloseAbnormal        = 1006 // never sent: a connection that ended without a close frame (logs)
 	ClosePolicy          = 1008 // origin not allowed
 	CloseTooBig          = 1009 // frame over the size limit
 	CloseTooSlow         = 4001 // fell too far behind: reconnect and resume

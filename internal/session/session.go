@@ -157,9 +157,11 @@ func (s *Session) Start() {
 	}
 }
 
-// End is the transport's word that the connection is gone. It leaves every
-// room and the hub; frames still waiting for the worker are dropped.
-func (s *Session) End() {
+// End is the transport's word that the connection is gone, with the
+// WebSocket close code the client sent (1006: none came), or 0 when the
+// transport has none (SSE). It leaves every room and the hub; frames still
+// waiting for the worker are dropped.
+func (s *Session) End(closeCode int) {
 	s.mu.Lock()
 	s.ended = true
 	if s.inboxCond != nil {
@@ -169,7 +171,11 @@ func (s *Session) End() {
 	s.mu.Unlock()
 	s.m.deadlines.remove(s)
 	if conn != nil {
-		s.m.opts.Logger.Debug("disconnected", "conn", conn.ID, "transport", s.transport, "user", conn.User().ID)
+		if closeCode != 0 {
+			s.m.opts.Logger.Debug("disconnected", "conn", conn.ID, "transport", s.transport, "user", conn.User().ID, "code", closeCode)
+		} else {
+			s.m.opts.Logger.Debug("disconnected", "conn", conn.ID, "transport", s.transport, "user", conn.User().ID)
+		}
 		s.m.hub.Disconnect(conn)
 	}
 }

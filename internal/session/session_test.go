@@ -159,7 +159,7 @@ func TestCommands(t *testing.T) {
 	p := newPeer()
 	s := f.m.New(protocol.WebSocket, p)
 	s.Start()
-	defer s.End()
+	defer s.End(0)
 
 	s.Receive(frame("ping", nil, 1))
 	p.expectError(t, protocol.CodeUnauthorized, 1)
@@ -219,7 +219,7 @@ func TestDeadlinesClose(t *testing.T) {
 	s := f.m.New(protocol.WebSocket, p)
 	s.Start()
 	p.expectClose(t, protocol.CloseNoAuth)
-	s.End()
+	s.End(0)
 
 	p = newPeer()
 	s = f.m.New(protocol.SSE, p)
@@ -229,7 +229,7 @@ func TestDeadlinesClose(t *testing.T) {
 	s.Start()
 	p.expectError(t, protocol.CodeTokenExpired, 0)
 	p.expectClose(t, protocol.CloseUnauthenticated)
-	s.End()
+	s.End(0)
 	if n := f.hub.Len(); n != 0 {
 		t.Fatalf("%d hub connections left", n)
 	}
@@ -255,7 +255,7 @@ func TestAuthenticateRefusals(t *testing.T) {
 	if no := s.Authenticate(context.Background(), Credential{Value: "alice"}); no != nil {
 		t.Fatal(no)
 	}
-	defer s.End()
+	defer s.End(0)
 	no := f.m.New(protocol.SSE, newPeer()).Authenticate(context.Background(), Credential{Value: "alice"})
 	if no == nil || no.Status != 429 || no.Err.Code != protocol.CodeRateLimitExceeded {
 		t.Fatalf("a second connection over MaxConnsPerUser: %+v", no)
@@ -272,7 +272,7 @@ func TestRateLimit(t *testing.T) {
 	if no := s.Authenticate(context.Background(), Credential{Value: "alice"}); no != nil {
 		t.Fatal(no)
 	}
-	defer s.End()
+	defer s.End(0)
 	s.Receive(frame("ping", nil, 1))
 	s.Receive(frame("ping", nil, 2))
 	p.expectEvent(t, "pong", 1)
@@ -301,7 +301,7 @@ func TestEndDuringAuth(t *testing.T) {
 	for i := 0; i < 200; i++ {
 		s := f.m.New(protocol.WebSocket, newPeer())
 		s.Receive(frame("auth", map[string]string{"token": "alice"}, 1))
-		s.End()
+		s.End(0)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for f.hub.Len() != 0 {
@@ -325,7 +325,7 @@ func TestTypingRelayed(t *testing.T) {
 		if no := x.s.Authenticate(context.Background(), Credential{Value: x.tok}); no != nil {
 			t.Fatal(no)
 		}
-		defer x.s.End()
+		defer x.s.End(0)
 		if _, e := x.s.Join(context.Background(), "p1", nil, nil); e != nil {
 			t.Fatal(e)
 		}
@@ -357,7 +357,7 @@ func TestExpiryIncludesLeeway(t *testing.T) {
 		t.Fatal(no)
 	}
 	s.Start()
-	defer s.End()
+	defer s.End(0)
 	m.deadlines.mu.Lock()
 	at := s.deadlineAt
 	m.deadlines.mu.Unlock()
@@ -377,7 +377,7 @@ func TestAuthFrameLimit(t *testing.T) {
 	m := NewManager(Options{Hub: f.hub, Auth: &Authenticator{Verifier: counting, Users: f.st}, RateWindow: time.Hour, AuthFrames: 10})
 	p := newPeer()
 	s := m.New(protocol.WebSocket, p)
-	defer s.End()
+	defer s.End(0)
 	for i := 1; i <= 10; i++ {
 		s.Receive(frame("auth", map[string]string{"token": "alice"}, i))
 		p.expectEvent(t, "authenticated", float64(i))
