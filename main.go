@@ -395,6 +395,9 @@ func serve(args []string, stdout, stderr io.Writer) error {
 			Help: "Plain-HTTP connections closed at once because their address had HTTP_CONNS_PER_ADDRESS open.",
 		}, func() float64 { return float64(conns.Refused()) }),
 	)
+	if ls, ok := st.(interface{ ListenerStats() store.ListenerStats }); ok && database != nil {
+		reg.MustRegister(newStoreMetrics(ls.ListenerStats, database.Healthy))
+	}
 	e := handlers.New(handlers.Config{
 		Auth: authn, Stats: h, Publisher: st, UserEvents: h, Tickets: tickets, Database: database,
 		Presence: pres, Members: st, Ready: ready,

@@ -94,6 +94,11 @@ func (c *Conn) Send(f *Frame) bool {
 // CloseAfterFlush queues a close: the transport closes with code once the
 // frames queued before it are written.
 func (c *Conn) CloseAfterFlush(code int, reason string) {
+	c.mu.Lock()
+	if !c.closedLocked() {
+		c.decidedLocked(code)
+	}
+	c.mu.Unlock()
 	c.logClose(code, reason)
 	c.enqueue(&Frame{CloseCode: code, CloseReason: reason}, true)
 }
@@ -204,6 +209,7 @@ func (c *Conn) push(fs []*Frame, size int, force bool) (ok, wake bool) {
 	if !force && len(c.queue) > 0 && (len(c.queue)+len(fs) > int(c.limit) || size > int(c.budget)) {
 		c.limit = -1
 		c.discardLocked(len(fs))
+		c.decidedLocked(protocol.CloseTooSlow)
 		c.mu.Unlock()
 		c.hub.metrics.slowClosed.Inc()
 		c.logClose(protocol.CloseTooSlow, "too slow")
@@ -234,9 +240,19 @@ func (c *Conn) abort(code int, reason string) {
 	}
 	c.limit = -1
 	c.discardLocked(0)
+	c.decidedLocked(code)
 	c.mu.Unlock()
 	c.logClose(code, reason)
 	c.out.Abort(code, reason)
+}
+
+// decidedLocked records the close the server decided for c, the first one
+// only, for the disconnects metric (Conn has no room left in its two cache
+// lines for it). c.mu is held and c is not closed yet: Disconnect closes c
+// under c.mu before it takes the record, so it always finds it and none is
+// left behind.
+func (c *Conn) decidedLocked(code int) {
+	c.hub.closes.LoadOrStore(c, code)
 }
 
 // frameBytes is what frames count against a connection's byte budget.

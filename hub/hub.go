@@ -145,6 +145,10 @@ type Hub struct {
 
 	budgetBytes int32 // QueueLimitBytes, as a Conn counts it
 
+	// closes holds the close code the server decided for each connection
+	// that has not disconnected yet (Conn.decidedLocked).
+	closes sync.Map
+
 	mu       sync.RWMutex
 	rooms    map[string]*room
 	users    map[string]*userState
@@ -211,6 +215,7 @@ func (h *Hub) Disconnect(c *Conn) {
 	for _, m := range rooms {
 		h.removeMember(m)
 	}
+	code, _ := h.closes.LoadAndDelete(c)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.conns[c]; !ok {
@@ -219,6 +224,8 @@ func (h *Hub) Disconnect(c *Conn) {
 	delete(h.conns, c)
 	h.perTrans[c.Transport]--
 	h.metrics.connections.WithLabelValues(c.Transport).Dec()
+	decided, _ := code.(int)
+	h.metrics.disconnects.WithLabelValues(c.Transport, closeReason(decided)).Inc()
 	uid := c.User().ID
 	if us := h.users[uid]; us != nil {
 		if i := slices.Index(us.conns, c); i >= 0 {

@@ -4,6 +4,8 @@ import (
 	"sort"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/saga-family/sagapush/internal/protocol"
 )
 
 // Metrics are the hub's Prometheus collectors. Transports add to them too.
@@ -13,9 +15,19 @@ type Metrics struct {
 	rateLimited  prometheus.Counter
 	slowClosed   prometheus.Counter
 	storeReplays prometheus.Counter
-	// fanoutLatency observes, per event, its creation (the trigger or the
-	// publish, just before commit) to its fan-out to the room's queues.
-	fanoutLatency prometheus.Histogram
+	// commitToClient observes, once per event a room fans out, the time
+	// from the event's creation (its stored created_at: the trigger's or
+	// the publish's clock, just before the commit) to the end of its
+	// fan-out here (every member's queue has it and its transport was
+	// woken). fanoutLatency observes, per event too, the fan-out alone:
+	// from the room's pump having the event in hand (offered by the store
+	// or read from it) to the same end, on this instance's clock only.
+	commitToClient prometheus.Histogram
+	fanoutLatency  prometheus.Histogram
+	// disconnects counts the connections that left the hub, by transport
+	// and by the close the server decided (closeReason), "client" when it
+	// decided none.
+	disconnects *prometheus.CounterVec
 
 	// MessagesIn counts client frames by transport and event.
 	MessagesIn *prometheus.CounterVec
@@ -28,8 +40,41 @@ type Metrics struct {
 	Handshakes *prometheus.CounterVec
 }
 
+// Disconnect reasons: the label of sagapush_disconnects_total, one per
+// close code the hub decides, so the set is bounded whatever a client does.
+const (
+	reasonClient          = "client" // the server decided no close: the client left, or its transport lost it
+	reasonTooSlow         = "too_slow"
+	reasonUnauthenticated = "unauthenticated"
+	reasonAbuse           = "abuse"
+	reasonShutdown        = "shutdown"
+	reasonOther           = "other"
+)
+
+// disconnectReasons are every value of the reason label, pre-initialised.
+var disconnectReasons = []string{reasonClient, reasonTooSlow, reasonUnauthenticated, reasonAbuse, reasonShutdown, reasonOther}
+
+// closeReason is the reason label of a close code the server decided.
+func closeReason(code int) string {
+	switch code {
+	case 0:
+		return reasonClient
+	case protocol.CloseTooSlow:
+		return reasonTooSlow
+	case protocol.CloseUnauthenticated:
+		return reasonUnauthenticated
+	case protocol.CloseTooMany:
+		return reasonAbuse
+	case protocol.CloseGoingAway:
+		return reasonShutdown
+	}
+	return reasonOther
+}
+
 // NewMetrics creates the collectors and registers them with reg (nil: not
-// registered, for tests that build many hubs).
+// registered, for tests that build many hubs). The series of both
+// transports are created at once, so that they are exported, and rate()
+// counts from zero, before the first connection.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		connections:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sagapush_connections", Help: "Open client connections."}, []string{"transport"}),
@@ -40,16 +85,35 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		MessagesIn:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagapush_messages_in_total", Help: "Client frames received."}, []string{"transport", "event"}),
 		MessagesOut:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagapush_messages_out_total", Help: "Messages written to clients."}, []string{"transport"}),
 		Dropped:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagapush_messages_dropped_total", Help: "Messages queued for a connection that closed before they were written (its client resumes from its last seq)."}, []string{"transport"}),
-		fanoutLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "sagapush_fanout_latency_seconds",
-			Help:    "Time from an event's creation (trigger or publish, before its commit) to its fan-out into the room's connection queues.",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		commitToClient: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "sagapush_commit_to_client_seconds",
+			Help: "Per event fanned out here: from its creation (its stored created_at, taken by the trigger or the publish just before the commit, on the database's clock in Postgres mode) " +
+				"to the end of its fan-out on this instance (queued to every member of the room and their transports woken). Replays on join are not counted.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
+		fanoutLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "sagapush_fanout_latency_seconds",
+			Help: "Per event fanned out here: from the room's pump having it (offered by the store or read from it) " +
+				"to the end of its fan-out (queued to every member of the room and their transports woken).",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sagapush_disconnects_total",
+			Help: "Connections that left sagapush_connections, by the close the server decided: too_slow (4001), unauthenticated (4401), abuse (4429), shutdown (1001), other; client when it decided none.",
+		}, []string{"transport", "reason"}),
 		Handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sagapush_handshakes_total", Help: "Connection attempts by outcome."}, []string{"transport", "outcome"}),
+	}
+	for _, t := range []string{protocol.WebSocket, protocol.SSE} {
+		m.connections.WithLabelValues(t)
+		m.MessagesOut.WithLabelValues(t)
+		m.Dropped.WithLabelValues(t)
+		for _, r := range disconnectReasons {
+			m.disconnects.WithLabelValues(t, r)
+		}
 	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.joins, m.rateLimited, m.slowClosed, m.storeReplays,
-			m.MessagesIn, m.MessagesOut, m.Dropped, m.fanoutLatency, m.Handshakes)
+			m.MessagesIn, m.MessagesOut, m.Dropped, m.commitToClient, m.fanoutLatency, m.disconnects, m.Handshakes)
 	}
 	return m
 }

@@ -312,12 +312,13 @@ func (h *Hub) pump(r *room) {
 				// 4001; they resume and learn recovered:false.
 				h.log.Warn("room fell behind the store's retention", "project", r.id, "seq", after)
 				for _, m := range r.members {
-					m.conn.out.Abort(protocol.CloseTooSlow, "history lost")
+					m.conn.abort(protocol.CloseTooSlow, "history lost")
 				}
 				r.ready = false
 			}
 			r.mu.Unlock()
 		}
+		took := time.Now() // the fan-out's start, for its latency
 		frames := make([]*Frame, len(evs))
 		var wakes []*Conn
 		for i, e := range evs {
@@ -346,9 +347,13 @@ func (h *Hub) pump(r *room) {
 			}
 			r.mu.Unlock()
 			wakeAll(wakes)
+			// Once per event, never per member: a big room's fan-out must
+			// not pay for its metrics per delivery.
 			now := time.Now()
+			fanout := now.Sub(took).Seconds()
 			for _, f := range run[:k] {
-				h.metrics.fanoutLatency.Observe(now.Sub(f.created).Seconds())
+				h.metrics.commitToClient.Observe(now.Sub(f.created).Seconds())
+				h.metrics.fanoutLatency.Observe(fanout)
 			}
 			if k < len(run) {
 				break

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lib/pq"
@@ -31,6 +32,66 @@ type listenerState struct {
 	pingSeq int64
 	ackSeq  int64 // the highest ping of ours heard back
 	pending []sentPing
+
+	counts listenerCounts // atomic: not under mu
+}
+
+// listenerCounts are what the listener went through (ListenerStats).
+type listenerCounts struct {
+	reconnects    atomic.Uint64
+	replaced      atomic.Uint64
+	notifications [len(notificationKinds)]atomic.Uint64
+}
+
+// ListenerStats is what the LISTEN connection went through since the store
+// opened. The store knows nothing of Prometheus: main exports these.
+type ListenerStats struct {
+	// Reconnects counts the reconnections after the listener lost its
+	// connection (pq's ListenerEventReconnected).
+	Reconnects uint64
+	// Replaced counts the listeners replaced because their self-check
+	// notification did not come back in time (stuck).
+	Replaced uint64
+	// Notifications counts the notifications heard, by kind; it has every
+	// kind (notificationKinds), heard or not.
+	Notifications map[string]uint64
+}
+
+// notificationKinds name the notifications by their payload's prefix
+// (notifyChannel): v event, e event_pointer, r access, x and y ephemeral,
+// d user_deleted, o presence, p self_check; anything else is other.
+var notificationKinds = [...]string{"event", "event_pointer", "access", "ephemeral", "user_deleted", "presence", "self_check", "other"}
+
+// ListenerStats returns the listener's counts so far.
+func (p *Postgres) ListenerStats() ListenerStats {
+	c := &p.lst.counts
+	st := ListenerStats{Reconnects: c.reconnects.Load(), Replaced: c.replaced.Load(), Notifications: map[string]uint64{}}
+	for i, k := range notificationKinds {
+		st.Notifications[k] = c.notifications[i].Load()
+	}
+	return st
+}
+
+// countNotification counts one notification by its payload's prefix.
+func (c *listenerCounts) countNotification(prefix string) {
+	i := len(notificationKinds) - 1 // other
+	switch prefix {
+	case "v":
+		i = 0
+	case "e":
+		i = 1
+	case "r":
+		i = 2
+	case "x", "y":
+		i = 3
+	case "d":
+		i = 4
+	case "o":
+		i = 5
+	case "p":
+		i = 6
+	}
+	c.notifications[i].Add(1)
 }
 
 type sentPing struct {
@@ -323,6 +384,7 @@ func (p *Postgres) listenerEvent(gen int, ev pq.ListenerEventType, err error) {
 		// pq has re-issued LISTEN; the nil notification that follows wakes
 		// every room, as the outage's notifications are lost.
 		p.setConnected(gen, true)
+		p.lst.counts.reconnects.Add(1)
 		p.log.Info("listener reconnected")
 	case pq.ListenerEventDisconnected:
 		p.setConnected(gen, false)
@@ -350,6 +412,7 @@ func (p *Postgres) dispatch(n *pq.Notification) {
 		return
 	}
 	kind, rest, _ := strings.Cut(n.Extra, ":")
+	p.lst.counts.countNotification(kind)
 	switch kind {
 	case "e":
 		p.requestWake(rest)
@@ -594,6 +657,7 @@ func (p *Postgres) healthLoop(run context.Context) {
 		if p.checkStuck() {
 			p.log.Warn("listener stuck: its self-check notification did not come back; reconnecting",
 				"after", p.stuckAfter())
+			p.lst.counts.replaced.Add(1)
 			p.closeListener()
 			p.openListener(run)
 			continue

@@ -446,6 +446,9 @@ func TestNotificationCarriesEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	sink.wait(t, "a pointer for the big event", func(s *recSink) bool { return s.pointers[project] == 1 })
+	if n := p.ListenerStats().Notifications; n["event"] != 1 || n["event_pointer"] != 1 {
+		t.Errorf("notifications counted %v, want 1 event and 1 event_pointer", n)
+	}
 	sink.mu.Lock()
 	defer sink.mu.Unlock()
 	if n := len(sink.offers); n != 1 {
@@ -616,6 +619,10 @@ func TestListenerSurvivesTerminatedBackend(t *testing.T) {
 	}
 	// Everything notified during the outage is lost: every room must catch up.
 	sink.wait(t, "WakeAll after the reconnect", func(s *recSink) bool { return s.wakeAlls > alls })
+	// pq reports the reconnect before the notification that woke every room.
+	if st := p.ListenerStats(); st.Reconnects != 1 || st.Replaced != 0 {
+		t.Errorf("listener counted %d reconnects and %d replacements, want 1 and 0", st.Reconnects, st.Replaced)
+	}
 	if newPID := listenerPID(t, db); newPID == pid {
 		t.Fatalf("listener backend still %d", pid)
 	}
@@ -639,6 +646,9 @@ func TestStuckListenerIsReplaced(t *testing.T) {
 	alls := sink.wakeAllCount()
 	p.SetDropNotifications(true) // connected, yet hearing nothing
 	sink.wait(t, "WakeAll after replacing the stuck listener", func(s *recSink) bool { return s.wakeAlls > alls })
+	if st := p.ListenerStats(); st.Replaced < 1 {
+		t.Errorf("listener counted %d replacements after it was replaced", st.Replaced)
+	}
 	if err := p.Healthy(ctx); err == nil {
 		t.Fatal("Healthy = nil while notifications do not arrive")
 	}

@@ -49,6 +49,7 @@ func NewSSE(sm *session.Manager, opts SSEOptions) *SSE {
 	orDefault(&opts.Retry, 2*time.Second)
 	orDefault(&opts.WriteTimeout, 30*time.Second)
 	h := sm.Hub()
+	initHandshakes(h.Metrics(), protocol.SSE, "origin", "bad_request", "forbidden", "join_failed", "hijack_failed")
 	return &SSE{hub: h, sessions: sm, opts: opts, sent: h.Metrics().MessagesOut.WithLabelValues(protocol.SSE)}
 }
 

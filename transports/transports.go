@@ -59,6 +59,15 @@ func refuse(w http.ResponseWriter, transport string, m *hub.Metrics, no *session
 	writeHTTPError(w, no.Status, no.Err)
 }
 
+// initHandshakes creates the handshake series of a transport's outcomes, so
+// that they are exported, and rate() counts from zero, before the first
+// attempt.
+func initHandshakes(m *hub.Metrics, transport string, outcomes ...string) {
+	for _, o := range append(outcomes, "ok", "rate_limited", "unauthorized", "refused") {
+		m.Handshakes.WithLabelValues(transport, o)
+	}
+}
+
 // admit takes one handshake of the request's address, or answers 429.
 func admit(w http.ResponseWriter, r *http.Request, transport string, l *httpguard.AddrLimiter, m *hub.Metrics) bool {
 	if l.Allow(r) {

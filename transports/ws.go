@@ -80,6 +80,7 @@ func NewWebSocket(sm *session.Manager, opts WSOptions) *WebSocket {
 		HandshakeTimeout: 10 * time.Second,
 	}
 	h := sm.Hub()
+	initHandshakes(h.Metrics(), protocol.WebSocket, "upgrade_failed")
 	ws := &WebSocket{hub: h, sessions: sm, opts: opts, m: m, clients: newClients(),
 		sentCounter: h.Metrics().MessagesOut.WithLabelValues(protocol.WebSocket)}
 	m.HandleConnect(ws.onConnect)
