@@ -4,7 +4,7 @@
 GO ?= go
 BIN := bin/sagapush
 
-.PHONY: typecheck pack build run test test-short lint fuzz bench clean dist
+.PHONY: typecheck pack rules build run test test-short lint fuzz bench clean dist
 
 build:
 	$(GO) build -buildvcs=auto -o $(BIN) .
@@ -12,7 +12,7 @@ build:
 run: build
 	./$(BIN) serve
 
-test: typecheck pack
+test: typecheck pack rules
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
 
@@ -31,6 +31,17 @@ pack:
 	@d=$$(mktemp -d) && cd web && npm pack --silent --pack-destination "$$d" >/dev/null && \
 		tar -tzf "$$d"/*.tgz | sort | tr '\n' ' ' | grep -q '^package/client.d.ts package/client.js package/package.json $$' && \
 		echo "pack: $$(ls "$$d") holds client.js, client.d.ts, package.json" && rm -rf "$$d"
+
+# The alert rules (deploy/prometheus-alerts.yml) are valid and pass their
+# tests (deploy/prometheus-alerts.test.yml). They need promtool, of Debian's
+# prometheus package: without it they are skipped, except under CI=true,
+# where that fails.
+PROMTOOL_MISSING = { if [ "$$CI" = true ]; then echo "$@: promtool is required (apt-get install prometheus; .ci/run installs it)"; exit 1; fi; echo "$@: skipped: no promtool"; exit 0; }
+
+# One shell, so that the skip's exit ends the recipe.
+rules:
+	@command -v promtool >/dev/null || $(PROMTOOL_MISSING); \
+		promtool check rules deploy/prometheus-alerts.yml && promtool test rules deploy/prometheus-alerts.test.yml
 
 test-short:
 	$(GO) test -race -count=1 -short ./...
