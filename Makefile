@@ -22,13 +22,14 @@ test: typecheck pack rules
 # except under CI=true, where that fails.
 NPM_MISSING = { if [ "$$CI" = true ]; then echo "$@: npm is required (apt-get install nodejs npm; .ci/run installs it)"; exit 1; fi; echo "$@: skipped: no npm"; exit 0; }
 
+# Each recipe is one shell line: NPM_MISSING's exit 0 must end all of it.
 typecheck:
-	@command -v npm >/dev/null || $(NPM_MISSING)
-	cd web/typecheck && npm ci --no-audit --no-fund --silent && npx --no-install tsc -p .
+	@command -v npm >/dev/null || $(NPM_MISSING); \
+		cd web/typecheck && npm ci --no-audit --no-fund --silent && npx --no-install tsc -p .
 
 pack:
-	@command -v npm >/dev/null || $(NPM_MISSING)
-	@d=$$(mktemp -d) && cd web && npm pack --silent --pack-destination "$$d" >/dev/null && \
+	@command -v npm >/dev/null || $(NPM_MISSING); \
+	d=$$(mktemp -d) && cd web && npm pack --silent --pack-destination "$$d" >/dev/null && \
 		tar -tzf "$$d"/*.tgz | sort | tr '\n' ' ' | grep -q '^package/client.d.ts package/client.js package/package.json $$' && \
 		echo "pack: $$(ls "$$d") holds client.js, client.d.ts, package.json" && rm -rf "$$d"
 

@@ -191,7 +191,7 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"serve", "--help"}, 0, "-no-migrate", ""},
 		{[]string{"migrate", "-h"}, 0, "DATABASE_URL", ""},
 		{[]string{"version"}, 0, "commit ", ""},
-		{[]string{"versions"}, 2, "", `sagapush: unknown command "versions" (commands: serve, migrate, token, demo, version, help; see 'sagapush help')` + "\n"},
+		{[]string{"versions"}, 2, "", `sagapush: unknown command "versions" (commands: serve, migrate, token, demo, healthcheck, version, help; see 'sagapush help')` + "\n"},
 		{[]string{"token", "--user"}, 2, "", "sagapush: token: flag needs an argument: -user (see 'sagapush token --help')\n"},
 		{[]string{"migrate", "now"}, 2, "", "sagapush: migrate: unexpected argument \"now\" (see 'sagapush migrate --help')\n"},
 	} {
