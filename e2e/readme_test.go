@@ -134,17 +134,12 @@ func TestREADMEPostgresQuickstart(t *testing.T) {
 	expectCleanDemoPage(t, ctx, console)
 }
 
-func TestREADMEEmbeddedQuickstart(t *testing.T) {
-	t.Parallel()
-	lines := readmeBlock(t, "<!-- embedded-quickstart")
-	if len(lines) != 1 || lines[0] != "make run" {
-		t.Fatalf("the embedded quickstart is no longer make run: %q", lines)
-	}
-	if _, err := exec.LookPath("make"); err != nil {
-		t.Fatalf("the README's quickstart needs make: %v", err)
-	}
-	port := freePort(t)
-	cmd := exec.Command("sh", "-c", lines[0])
+// startMakeRun runs the quickstart's command with PORT=port and returns
+// the demo page URL it prints, or why it printed none: make or the server
+// exited (stderr says why), or 3 minutes passed.
+func startMakeRun(t *testing.T, command string, port int) (string, error) {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", command)
 	cmd.Dir = ".." // the clone's root, where a newcomer types it
 	cmd.Env = append(testsupport.CleanEnv(), fmt.Sprintf("PORT=%d", port))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // make, then the server it runs
@@ -157,35 +152,63 @@ func TestREADMEEmbeddedQuickstart(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("make run's stderr:\n%s", stderr.String())
-		}
-	})
-	// make builds first: the demo URL comes once the server listens.
+	exited := make(chan struct{})
 	found := make(chan string, 1)
 	go func() {
+		// make builds first: the demo URL comes once the server listens.
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			if _, u, ok := strings.Cut(sc.Text(), "Demo page:"); ok {
 				found <- strings.TrimSpace(u)
 			}
 		}
+		cmd.Wait() // after the last read of the pipe
+		close(exited)
 	}()
-	var demo string
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(15 * time.Second):
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("make run's stderr:\n%s", stderr.String())
+		}
+	})
 	select {
-	case demo = <-found:
+	case u := <-found:
+		return u, nil
+	case <-exited:
+		return "", fmt.Errorf("make run exited (%v) before printing a demo page URL; stderr:\n%s", cmd.ProcessState, stderr.String())
 	case <-time.After(3 * time.Minute):
-		t.Fatalf("make run printed no demo page URL within 3 minutes; stderr:\n%s", stderr.String())
+		return "", fmt.Errorf("make run printed no demo page URL within 3 minutes; stderr:\n%s", stderr.String())
+	}
+}
+
+func TestREADMEEmbeddedQuickstart(t *testing.T) {
+	t.Parallel()
+	lines := readmeBlock(t, "<!-- embedded-quickstart")
+	if len(lines) != 1 || lines[0] != "make run" {
+		t.Fatalf("the embedded quickstart is no longer make run: %q", lines)
+	}
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Fatalf("the README's quickstart needs make: %v", err)
+	}
+	// The port is free when chosen, but make builds before the server
+	// binds it and another process may take it meanwhile: then try again.
+	var demo string
+	var port int
+	for attempt := 1; ; attempt++ {
+		port = freePort(t)
+		var err error
+		if demo, err = startMakeRun(t, lines[0], port); err == nil {
+			break
+		} else if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("attempt %d: %v", attempt, err)
 	}
 	page, err := url.Parse(demo)
 	if err != nil || page.Port() != fmt.Sprint(port) {
