@@ -7,8 +7,11 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -184,4 +187,40 @@ func exportedMetrics(text string) map[string]bool {
 		}
 	}
 	return names
+}
+
+// Every dashboard query is valid PromQL: promtool checks each, as a
+// recording rule, with Grafana's variables given values. Without promtool
+// the test skips, except under CI=true (.ci/run installs Debian's
+// prometheus package).
+func TestDashboardPromQL(t *testing.T) {
+	t.Parallel()
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		msg := "promtool is not installed (apt-get install -y prometheus)"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	vars := strings.NewReplacer("$__rate_interval", "5m", "$job", "sagapush", "$instance", ".*")
+	var rules strings.Builder
+	rules.WriteString("groups:\n  - name: dashboard\n    rules:\n")
+	qs := dashboardQueries(t, "../deploy/grafana-dashboard.json")
+	for i, q := range qs {
+		expr := vars.Replace(q.expr)
+		if strings.Contains(expr, "$") {
+			t.Errorf("panel %q: a Grafana variable this test does not know: %s", q.where, q.expr)
+		}
+		quoted, _ := json.Marshal(expr) // a JSON string is a YAML string
+		fmt.Fprintf(&rules, "      - record: dashboard:query%d\n        expr: %s\n", i, quoted)
+	}
+	path := filepath.Join(t.TempDir(), "dashboard-queries.yml")
+	if err := os.WriteFile(path, []byte(rules.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(promtool, "check", "rules", path).CombinedOutput(); err != nil {
+		t.Fatalf("promtool refuses a dashboard query: %v\n%s", err, out)
+	}
+	t.Logf("%d dashboard queries are valid PromQL", len(qs))
 }
