@@ -6,8 +6,8 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"math"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,38 +28,43 @@ import (
 
 // scaleSizes are the sizes of those scenarios.
 type scaleSizes struct {
-	instances       int       // foreign-notify: instances listening
-	stepSeconds     int       // each rate step
-	foreignRates    []float64 // foreign notifications/s, rising
-	foreignBigRates []float64 // the same with payloads over the NOTIFY limit
-	multi           []int     // multi-instance: instance counts
-	listeners       []int     // notify-ceiling: listening connections
-	typingRates     []float64 // typing-relay: typing messages/s, rising
-	typingEvents    float64   // typing-relay: domain events/s meanwhile
-	validate        int       // scale-validate: instances
-	validatePer     int       // scale-validate: connections per instance
-	validateEvents  float64   // scale-validate: domain events/s
-	validateTyping  float64   // scale-validate: typing messages/s
+	instances       int // foreign-notify: instances listening
+	stepSeconds     int // each rate step
+	foreignRates    foreignRates
+	foreignBigRates foreignRates // payloads over the NOTIFY limit
+	multi           []int        // multi-instance: instance counts
+	listeners       []int        // notify-ceiling: listening connections
+	typingRates     []float64    // typing-relay: typing messages/s, rising
+	typingEvents    float64      // typing-relay: domain events/s meanwhile
+	validate        int          // scale-validate: instances
+	validatePer     int          // scale-validate: connections per instance
+	validateEvents  float64      // scale-validate: domain events/s
+	validateTyping  float64      // scale-validate: typing messages/s
 }
 
 var fullScaleSizes = scaleSizes{
 	instances: 2, stepSeconds: 10,
-	foreignRates:    []float64{250, 500, 1000, 2000, 4000, 8000, 16000, 32000},
-	foreignBigRates: []float64{250, 500, 1000, 2000, 4000, 8000},
+	foreignRates:    foreignRates{single: []float64{250, 500, 1000, 2000, 4000}, batched: []float64{4000, 16000, 64000, 128000}},
+	foreignBigRates: foreignRates{single: []float64{250, 500, 1000, 2000}, batched: []float64{4000, 16000}},
 	multi:           []int{1, 2, 4},
 	listeners:       []int{1, 4, 16, 64},
-	typingRates:     []float64{0, 250, 500, 1000, 2000, 4000},
+	typingRates:     []float64{0, 500, 1000, 2000, 4000, 8000, 16000},
 	typingEvents:    100,
 	validate:        4, validatePer: 4000, validateEvents: 100, validateTyping: 200,
 }
 
 var smokeScaleSizes = scaleSizes{
 	instances: 2, stepSeconds: 1,
-	foreignRates: []float64{200}, foreignBigRates: []float64{100},
-	multi: []int{1, 2}, listeners: []int{1},
+	foreignRates:    foreignRates{single: []float64{100}, batched: []float64{1000}},
+	foreignBigRates: foreignRates{single: []float64{100}, batched: []float64{500}},
+	multi:           []int{1, 2}, listeners: []int{1},
 	typingRates: []float64{0, 100}, typingEvents: 50,
 	validate: 4, validatePer: 25, validateEvents: 20, validateTyping: 20,
 }
+
+// foreignRates are foreign-notify's rising rates, notifications/s: single
+// with one event per commit, batched with 1/250 of the rate per commit.
+type foreignRates struct{ single, batched []float64 }
 
 // sentinelRate is the rate of the probe events whose latency tells whether
 // an instance's listener keeps up.
@@ -132,14 +137,14 @@ func foreignNotifyBig(ctx context.Context, b *bench) error {
 }
 
 // foreign measures what an instance pays for events of projects it has no
-// member of: the database emits events (push_emit, as the triggers do,
-// several per transaction at high rates) into 1,000 projects nobody joined,
+// member of: the database emits events (push_emit, as the triggers do; one
+// per commit, then several) into 1,000 projects nobody joined,
 // at rising rates, while each instance's one client, in another project,
 // gets sentinelRate probe events a second. Server CPU per notification is
 // the instances' CPU above their idle baseline, divided by what they heard;
 // a listener falls behind when the probes' commit-to-client p99 passes 1 s
 // or some do not arrive.
-func (b *bench) foreign(ctx context.Context, scen string, pad int, rates []float64) error {
+func (b *bench) foreign(ctx context.Context, scen string, pad int, rates foreignRates) error {
 	sz := b.sc.scale
 	dbURL, drop, err := b.benchDB(ctx)
 	if err != nil {
@@ -175,73 +180,84 @@ func (b *bench) foreign(ctx context.Context, scen string, pad int, rates []float
 	time.Sleep(step)
 	idle := perSecond(cpuEach(servers), idle0, time.Since(t0))
 
-	commits := make([]int64, len(rates)*sentinelRate*sz.stepSeconds+1)
+	commits := make([]int64, (len(rates.single)+len(rates.batched))*sentinelRate*sz.stepSeconds+1)
 	probe := storyInserter(ctx, db, commits)
 	next := 1
-	best := 0.0
-	for _, rate := range rates {
-		if _, err := f.all("reset"); err != nil {
-			return err
+	// One event per commit first, Saga's shape, up to what the database
+	// commits; then many per commit, to find what a listener can take.
+	for _, batched := range []bool{false, true} {
+		series, best := rates.single, 0.0
+		name := "one per commit"
+		if batched {
+			series, name = rates.batched, "batched"
 		}
-		// At most about 300 commits a second: more than that is the
-		// database's limit on this host, not the listener's.
-		perTx := max(1, int(math.Ceil(rate/300)))
-		nTx := int(rate) * sz.stepSeconds / perTx
-		var heard atomic.Int64
-		usage := watchQueue(ctx, db)
-		cpu0, start := cpuEach(servers), time.Now()
-		load := make(chan error, 1)
-		go func() {
-			load <- paced(ctx, b.sc.writer, 0, nTx, rate/float64(perTx), func(i int) error {
-				_, err := db.ExecContext(ctx, `SELECT count(push_emit('foreign-' || ((g + $1::int) % $2::int), 'story_processed',
-					jsonb_build_object('storyId', 's' || g, 'status', 'ready', 'pad', repeat('x', $4::int)))) FROM generate_series(1, $3::int) AS g`,
-					i*perTx, foreign, perTx, pad)
-				if err == nil {
-					heard.Add(int64(perTx))
-				}
+		for _, rate := range series {
+			if _, err := f.all("reset"); err != nil {
 				return err
-			})
-		}()
-		nProbe := sentinelRate * sz.stepSeconds
-		perr := paced(ctx, 1, next, nProbe, sentinelRate, func(i int) error { return probe(i, "room-0") })
-		lerr := <-load
-		elapsed := time.Since(start)
-		cpu := cpuEach(servers)
-		queueMax := usage()
-		if err := cmp.Or(perr, lerr); err != nil {
-			return err
+			}
+			perTx := 1
+			if batched {
+				perTx = max(1, int(rate/250))
+			}
+			nTx := int(rate) * sz.stepSeconds / perTx
+			var heard atomic.Int64
+			usage := watchQueue(ctx, db)
+			if os.Getenv("BENCH_PROFILE_FOREIGN") == fmt.Sprintf("%.0fx%d", rate, perTx) {
+				go servers[0].saveProfile(fmt.Sprintf("profile?seconds=%d", sz.stepSeconds-1), fmt.Sprintf("cpu-%s-%.0fx%d.pprof", scen, rate, perTx))
+			}
+			cpu0, start := cpuEach(servers), time.Now()
+			load := make(chan error, 1)
+			go func() {
+				load <- paced(ctx, b.sc.writer, 0, nTx, rate/float64(perTx), func(i int) error {
+					_, err := db.ExecContext(ctx, `SELECT count(push_emit('foreign-' || ((g + $1::int) % $2::int), 'story_processed',
+						jsonb_build_object('storyId', 's' || g, 'status', 'ready', 'pad', repeat('x', $4::int)))) FROM generate_series(1, $3::int) AS g`,
+						i*perTx, foreign, perTx, pad)
+					if err == nil {
+						heard.Add(int64(perTx))
+					}
+					return err
+				})
+			}()
+			nProbe := sentinelRate * sz.stepSeconds
+			perr := paced(ctx, 1, next, nProbe, sentinelRate, func(i int) error { return probe(i, "room-0") })
+			lerr := <-load
+			elapsed := time.Since(start)
+			cpu := cpuEach(servers)
+			queueMax := usage()
+			if err := cmp.Or(perr, lerr); err != nil {
+				return err
+			}
+			next += nProbe
+			want := int64(nProbe * len(servers))
+			t, c, err := f.arrivals(want, commits)
+			if err != nil {
+				return err
+			}
+			n := heard.Load()
+			achieved := float64(n) / elapsed.Seconds()
+			var per []string
+			var total float64
+			for i := range servers {
+				busy := (cpu[i] - cpu0[i]).Seconds() - idle[i]*elapsed.Seconds()
+				total += busy
+				per = append(per, fmt.Sprintf("%.2f µs (%.0f%% of a core)", 1e6*busy/float64(n), 100*(cpu[i]-cpu0[i]).Seconds()/elapsed.Seconds()))
+			}
+			behind := t.Events < want || percentile(c, 0.99) > 1000
+			b.add(scen, fmt.Sprintf("%.0f/s, %d per commit: server CPU per notification", rate, perTx), 1e6*total/float64(len(servers))/float64(n), "µs",
+				fmt.Sprintf("achieved %.0f notifications/s (payload %d bytes of padding); each instance: %s; probes' commit-to-client p50 %.1f ms p99 %.1f ms, %d/%d arrived; notification queue max %.4f%%; idle CPU subtracted",
+					achieved, pad, strings.Join(per, ", "), percentile(c, 0.5), percentile(c, 0.99), t.Events, want, 100*queueMax))
+			if behind {
+				b.add(scen, name+": listeners fell behind at", achieved, "notifications/s", fmt.Sprintf("probes p99 %.1f ms, %d/%d arrived", percentile(c, 0.99), t.Events, want))
+				break
+			}
+			best = achieved
+			if achieved < 0.8*rate {
+				b.add(scen, name+": database limited at", achieved, "notifications/s", fmt.Sprintf("asked %.0f/s; the listeners kept up", rate))
+				break
+			}
 		}
-		next += nProbe
-		want := int64(nProbe * len(servers))
-		t, c, err := f.arrivals(want, commits)
-		if err != nil {
-			return err
-		}
-		n := heard.Load()
-		achieved := float64(n) / elapsed.Seconds()
-		var per []string
-		var total float64
-		for i := range servers {
-			busy := (cpu[i] - cpu0[i]).Seconds() - idle[i]*elapsed.Seconds()
-			total += busy
-			per = append(per, fmt.Sprintf("%.2f µs (%.0f%% of a core)", 1e6*busy/float64(n), 100*(cpu[i]-cpu0[i]).Seconds()/elapsed.Seconds()))
-		}
-		behind := t.Events < want || percentile(c, 0.99) > 1000
-		dbLimited := achieved < 0.8*rate
-		b.add(scen, fmt.Sprintf("%.0f/s: server CPU per notification", rate), 1e6*total/float64(len(servers))/float64(n), "µs",
-			fmt.Sprintf("achieved %.0f notifications/s (%d per commit, payload %d bytes of padding); each instance: %s; probes' commit-to-client p50 %.1f ms p99 %.1f ms, %d/%d arrived; notification queue max %.4f%%; idle CPU subtracted",
-				achieved, perTx, pad, strings.Join(per, ", "), percentile(c, 0.5), percentile(c, 0.99), t.Events, want, 100*queueMax))
-		if behind {
-			b.add(scen, "listeners fell behind at", achieved, "notifications/s", fmt.Sprintf("probes p99 %.1f ms, %d/%d arrived", percentile(c, 0.99), t.Events, want))
-			break
-		}
-		best = achieved
-		if dbLimited {
-			b.add(scen, "database limited at", achieved, "notifications/s", fmt.Sprintf("asked %.0f/s; the listeners kept up", rate))
-			break
-		}
+		b.add(scen, name+": highest rate every listener kept up with", best, "notifications/s", fmt.Sprintf("%d instances, none with a member of the notified projects", len(servers)))
 	}
-	b.add(scen, "highest rate every listener kept up with", best, "notifications/s", fmt.Sprintf("%d instances, none with a member of the notified projects", len(servers)))
 	return nil
 }
 
