@@ -29,6 +29,7 @@ type proc struct {
 
 // fleet is the set of workers of one scenario.
 type fleet struct {
+	mu    sync.Mutex // spawnSpec may run for several servers at once
 	procs []*proc
 }
 
@@ -73,7 +74,9 @@ func (f *fleet) spawnSpec(ctx context.Context, base workerSpec) ([]workerReport,
 		sc.Buffer(make([]byte, 1<<20), 1<<24)
 		p := &proc{cmd: cmd, stdin: stdin, out: sc}
 		started = append(started, p)
+		f.mu.Lock()
 		f.procs = append(f.procs, p)
+		f.mu.Unlock()
 		done += k
 	}
 	reps := make([]workerReport, len(started))

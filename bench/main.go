@@ -78,6 +78,12 @@ func main() {
 		{"triggers-families", triggersFamilies},
 		{"churn", churn},
 		{"presence", presenceScenario},
+		{"foreign-notify", foreignNotify},
+		{"foreign-notify-big", foreignNotifyBig},
+		{"multi-instance", multiInstance},
+		{"notify-ceiling", notifyCeiling},
+		{"typing-relay", typingRelay},
+		{"scale-validate", scaleValidate},
 	}
 	failed := 0
 	for _, s := range scenarios {

@@ -103,15 +103,8 @@ func presenceScenario(ctx context.Context, b *bench) error {
 		return err
 	}
 	defer db.Close()
-	// User u is in room u % rooms, as the workers assign them.
-	for _, q := range []string{
-		`INSERT INTO users (id, name) SELECT 'user-' || u, 'User ' || u FROM generate_series(0, $1::int - 1) AS u WHERE $2::int > 0`,
-		`INSERT INTO projects (id, name) SELECT 'room-' || r, 'Family ' || r FROM generate_series(0, $2::int - 1) AS r WHERE $1::int > 0`,
-		`INSERT INTO project_roles (project_id, user_id, role) SELECT 'room-' || (u % $2::int), 'user-' || u, 'storyteller' FROM generate_series(0, $1::int - 1) AS u`,
-	} {
-		if _, err := db.ExecContext(ctx, q, n, rooms); err != nil {
-			return err
-		}
+	if err := seedFamilies(ctx, db, "room-", n, rooms); err != nil {
+		return err
 	}
 	var before [2]int64
 	for i, s := range servers {
@@ -183,6 +176,22 @@ func presenceScenario(ctx context.Context, b *bench) error {
 		b.add("presence", "RSS per idle "+tr+" with presence", float64(after-before[i])/float64(half)/1024, "KiB",
 			fmt.Sprintf("instance %c: RSS %.1f -> %.1f MiB, %d connections; heap in use %.1f KiB, stacks %.1f KiB per connection (whole process)",
 				'A'+i, float64(before[i])/(1<<20), float64(after)/(1<<20), half, heap/float64(half)/1024, stack/float64(half)/1024))
+	}
+	return nil
+}
+
+// seedFamilies writes users user-0 ... user-(users-1) and projects
+// <prefix>0 ... <prefix>(rooms-1), user u in project u % rooms, as the
+// workers assign them.
+func seedFamilies(ctx context.Context, db *sql.DB, prefix string, users, rooms int) error {
+	for _, q := range []string{
+		`INSERT INTO users (id, name) SELECT 'user-' || u, 'User ' || u FROM generate_series(0, $1::int - 1) AS u WHERE $2::int > 0 AND $3 <> '' ON CONFLICT DO NOTHING`,
+		`INSERT INTO projects (id, name) SELECT $3 || r, 'Family ' || r FROM generate_series(0, $2::int - 1) AS r WHERE $1::int > 0`,
+		`INSERT INTO project_roles (project_id, user_id, role) SELECT $3 || (u % $2::int), 'user-' || u, 'storyteller' FROM generate_series(0, $1::int - 1) AS u`,
+	} {
+		if _, err := db.ExecContext(ctx, q, users, rooms, prefix); err != nil {
+			return err
+		}
 	}
 	return nil
 }

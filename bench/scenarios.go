@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -40,6 +41,7 @@ type scale struct {
 	churnRounds, churnN   int
 	ingestSeconds, writer int
 	presenceConns         int // a multiple of 10: projects of 5, two instances
+	scale                 scaleSizes
 }
 
 var fullScale = scale{
@@ -51,6 +53,7 @@ var fullScale = scale{
 	churnRounds: 10, churnN: 5000,
 	ingestSeconds: 10, writer: 8,
 	presenceConns: 10000,
+	scale:         fullScaleSizes,
 }
 
 var smokeScale = scale{
@@ -62,6 +65,7 @@ var smokeScale = scale{
 	churnRounds: 2, churnN: 100,
 	ingestSeconds: 2, writer: 8,
 	presenceConns: 200,
+	scale:         smokeScaleSizes,
 }
 
 type scenario struct {
@@ -369,12 +373,28 @@ func triggersIn(ctx context.Context, b *bench, rooms int, ingest bool) error {
 	if _, err := f.spawnSpec(ctx, workerSpec{Addr: s.addr, Secret: s.secret, Transport: "websocket", N: b.sc.latConns, Rooms: rooms, Samples: true}); err != nil {
 		return err
 	}
-	// commits[i] is when event i's commit returned to its writer: the
-	// notification leaves Postgres at that commit, so arrival minus it is
-	// commit-to-client. The title also carries the time before the insert
-	// was sent (insert-to-client, which includes the commit's own fsync).
 	commits := make([]int64, b.sc.latRate*b.sc.latSeconds+1)
-	insert := func(i int, room string) error {
+	insert := storyInserter(ctx, db, commits)
+
+	// The fixed-rate latency first, on a fresh system; then the ingest
+	// phase, which saturates it.
+	scen := fmt.Sprintf("triggers-%d/s-%dx%d", b.sc.latRate, rooms, b.sc.latConns/rooms)
+	if err := b.triggerLatency(ctx, []*server{s}, &f, rooms, insert, commits, scen); err != nil {
+		return err
+	}
+	if !ingest {
+		return nil
+	}
+	return b.triggerIngest(ctx, s, &f, rooms, insert)
+}
+
+// storyInserter inserts story i into a room. commits[i] is when event i's
+// commit returned to its writer: the notification leaves Postgres at that
+// commit, so arrival minus it is commit-to-client. The title also carries
+// the time before the insert was sent (insert-to-client, which includes the
+// commit's own fsync).
+func storyInserter(ctx context.Context, db *sql.DB, commits []int64) func(i int, room string) error {
+	return func(i int, room string) error {
 		_, err := db.ExecContext(ctx, `INSERT INTO stories (project_id, title, audio_url) VALUES ($1, $2, '')`,
 			room, fmt.Sprintf("t=%d i=%d", time.Now().UnixNano(), i))
 		if i > 0 && i < len(commits) {
@@ -382,16 +402,6 @@ func triggersIn(ctx context.Context, b *bench, rooms int, ingest bool) error {
 		}
 		return err
 	}
-
-	// The fixed-rate latency first, on a fresh system; then the ingest
-	// phase, which saturates it.
-	if err := b.triggerLatency(ctx, s, &f, rooms, insert, commits); err != nil {
-		return err
-	}
-	if !ingest {
-		return nil
-	}
-	return b.triggerIngest(ctx, s, &f, rooms, insert)
 }
 
 // triggerIngest: 8 writers insert as fast as they can; every event must
@@ -441,40 +451,20 @@ func (b *bench) triggerIngest(ctx context.Context, s *server, f *fleet, rooms in
 }
 
 // triggerLatency measures commit-to-client latency at a fixed rate spread
-// over the writers.
-func (b *bench) triggerLatency(ctx context.Context, s *server, f *fleet, rooms int, insert func(int, string) error, commits []int64) error {
+// over the writers, with the clients of f on servers.
+func (b *bench) triggerLatency(ctx context.Context, servers []*server, f *fleet, rooms int, insert func(int, string) error, commits []int64, scen string) error {
 	if _, err := f.all("reset"); err != nil {
 		return err
 	}
 	n := b.sc.latRate * b.sc.latSeconds
-	interval := time.Duration(float64(time.Second) / float64(b.sc.latRate))
 	members := int64(b.sc.latConns / rooms)
 	if os.Getenv("BENCH_TRACE") == "1" {
-		go s.saveProfile("trace?seconds=4", "trace-triggers.out")
+		go servers[0].saveProfile("trace?seconds=4", "trace-triggers.out")
 	}
-	cpu0, gcpu0, t0 := procCPU(s.cmd.Process.Pid), f.cpu(), time.Now()
-	var wg sync.WaitGroup
-	var werr atomic.Value
-	jobs := make(chan int, n)
-	for w := 0; w < b.sc.writer; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range jobs {
-				if err := insert(i, fmt.Sprintf("room-%d", i%rooms)); err != nil {
-					werr.Store(err)
-				}
-			}
-		}()
-	}
-	for i := 0; i < n; i++ {
-		time.Sleep(time.Until(t0.Add(time.Duration(i) * interval)))
-		jobs <- i + 1
-	}
-	close(jobs)
-	wg.Wait()
-	if e, ok := werr.Load().(error); ok {
-		return e
+	cpu0, gcpu0, t0 := serversCPU(servers), f.cpu(), time.Now()
+	err := paced(ctx, b.sc.writer, 1, n, float64(b.sc.latRate), func(i int) error { return insert(i, fmt.Sprintf("room-%d", i%rooms)) })
+	if err != nil {
+		return err
 	}
 	want := int64(n) * members
 	t, err := f.waitEvents(want, false, 30*time.Second)
@@ -482,29 +472,80 @@ func (b *bench) triggerLatency(ctx context.Context, s *server, f *fleet, rooms i
 		return err
 	}
 	wall := time.Since(t0)
-	s.saveProfile("allocs", "allocs-triggers.pprof")
-	path := filepath.Join(os.TempDir(), fmt.Sprintf("sagapush-commits-%d.json", os.Getpid()))
-	js, _ := json.Marshal(commits)
-	if err := os.WriteFile(path, js, 0o644); err != nil {
-		return err
-	}
-	defer os.Remove(path)
-	reps, err := f.all("commits " + path)
+	servers[0].saveProfile("allocs", "allocs-triggers.pprof")
+	c, err := f.commitHist(commits)
 	if err != nil {
 		return err
 	}
-	c := sum(reps).Commit
-	scen := fmt.Sprintf("triggers-%d/s-%dx%d", b.sc.latRate, rooms, members)
-	note := fmt.Sprintf("%d clients in %d rooms, %d writers, %d events; %s", b.sc.latConns, rooms, b.sc.writer, n, cpuNote(procCPU(s.cmd.Process.Pid)-cpu0, f.cpu()-gcpu0, wall))
+	note := fmt.Sprintf("%d clients in %d rooms on %d instance(s), %d writers, %d events; %s", b.sc.latConns, rooms, len(servers), b.sc.writer, n, cpuNote(serversCPU(servers)-cpu0, f.cpu()-gcpu0, wall))
 	b.add(scen, "commit-to-client p50", percentile(c, 0.5), "ms", note)
 	b.add(scen, "commit-to-client p95", percentile(c, 0.95), "ms", "from the writer's commit returning")
 	b.add(scen, "commit-to-client p99", percentile(c, 0.99), "ms", "")
 	b.add(scen, "commit-to-client max", histMax(c), "ms", "")
+	s := servers[0]
 	b.add(scen, "server: creation-to-fan-out p50/p99 bucket", 1000*s.histQuantile("sagapush_commit_to_client_seconds", 0.5), "ms",
-		fmt.Sprintf("p99 bucket <= %.1f ms (whole run, from the trigger's clock_timestamp, before the commit)", 1000*s.histQuantile("sagapush_commit_to_client_seconds", 0.99)))
+		fmt.Sprintf("p99 bucket <= %.1f ms (whole run, first instance, from the trigger's clock_timestamp, before the commit)", 1000*s.histQuantile("sagapush_commit_to_client_seconds", 0.99)))
 	b.add(scen, "insert-to-client p50", percentile(t.Latency, 0.5), "ms", fmt.Sprintf("from before the INSERT was sent (includes its commit); p99 %.1f ms", percentile(t.Latency, 0.99)))
 	if t.Events < want || t.Gaps+t.Dups > 0 {
 		return fmt.Errorf("latency: delivered %d of %d, gaps %d dups %d", t.Events, want, t.Gaps, t.Dups)
 	}
 	return nil
+}
+
+// paced calls do(first), do(first+1), ... n times at rate per second, spread
+// over workers goroutines (a call that takes longer than the interval does
+// not hold the next one back while a worker is free); it returns the first
+// error once every call is done.
+func paced(ctx context.Context, workers, first, n int, rate float64, do func(i int) error) error {
+	interval := time.Duration(float64(time.Second) / rate)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var failed error
+	jobs := make(chan int, n)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				if err := do(i); err != nil {
+					mu.Lock()
+					failed = cmp.Or(failed, err)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	t0 := time.Now()
+	for k := 0; k < n && ctx.Err() == nil; k++ {
+		time.Sleep(time.Until(t0.Add(time.Duration(k) * interval)))
+		jobs <- first + k
+	}
+	close(jobs)
+	wg.Wait()
+	return cmp.Or(failed, ctx.Err())
+}
+
+// commitHist hands the workers the commit time of every event index and
+// returns their histogram of arrival minus commit.
+func (f *fleet) commitHist(commits []int64) ([]int64, error) {
+	path := filepath.Join(os.TempDir(), fmt.Sprintf("sagapush-commits-%d.json", os.Getpid()))
+	js, _ := json.Marshal(commits)
+	if err := os.WriteFile(path, js, 0o644); err != nil {
+		return nil, err
+	}
+	defer os.Remove(path)
+	reps, err := f.all("commits " + path)
+	if err != nil {
+		return nil, err
+	}
+	return sum(reps).Commit, nil
+}
+
+// serversCPU adds up the CPU time of server processes.
+func serversCPU(servers []*server) time.Duration {
+	var d time.Duration
+	for _, s := range servers {
+		d += procCPU(s.cmd.Process.Pid)
+	}
+	return d
 }

@@ -109,6 +109,13 @@ type queues struct {
 	offers  []hub.Event // events that came with their notification, in order
 	wakeSig chan struct{}
 
+	// deliverMu is held by whoever hands doorbells to the Sink: wakeLoop,
+	// or the draining goroutine handing an event over itself when nothing
+	// is queued (offerNow). Either way a project's events reach the Sink in
+	// order. Taken before goneMu.
+	deliverMu sync.Mutex
+	sink      Sink // set by Start, for offerNow
+
 	// Revocation checks run in order of arrival (one worker), each (project,
 	// user) pair at most once in the queue.
 	revoke    []revocation
@@ -268,6 +275,7 @@ func (p *Postgres) Start(ctx context.Context, sink Sink) error {
 	p.started = true
 	p.mu.Unlock()
 
+	p.q.sink = sink
 	run, cancel := context.WithCancel(p.ctx)
 	stopAfter := context.AfterFunc(ctx, cancel)
 	p.wg.Add(5)
@@ -418,7 +426,9 @@ func (p *Postgres) dispatch(n *pq.Notification) {
 		p.requestWake(rest)
 	case "v":
 		if e, ok := parseEvent(rest); ok {
-			p.requestOffer(e)
+			if !p.offerNow(e) {
+				p.requestOffer(e)
+			}
 		} else {
 			p.log.Warn("malformed event notification; waking every room", "bytes", len(n.Extra))
 			p.requestWakeAll()
@@ -460,6 +470,30 @@ func (p *Postgres) dispatch(n *pq.Notification) {
 	}
 }
 
+// offerNow hands an event to the Sink from the draining goroutine when
+// nothing is queued before it and nobody is delivering, without waiting
+// for either: the notification then wakes no other goroutine of the store
+// (each wake-up costs more than the rest of a notification's handling in
+// the store). It reports whether it did; if not, the event is queued.
+func (p *Postgres) offerNow(e hub.Event) bool {
+	if p.q.sink == nil || !p.q.deliverMu.TryLock() {
+		return false
+	}
+	defer p.q.deliverMu.Unlock()
+	if !p.q.goneMu.TryLock() { // a deletion is being handed over: it goes first
+		return false
+	}
+	defer p.q.goneMu.Unlock()
+	p.q.mu.Lock()
+	idle := len(p.q.offers) == 0 && len(p.q.wake) == 0 && len(p.q.gone) == 0 && !p.q.wakeAll
+	p.q.mu.Unlock()
+	if !idle {
+		return false
+	}
+	p.q.sink.Offer(e)
+	return true
+}
+
 func (p *Postgres) wakeLoop(run context.Context, sink Sink) {
 	defer p.wg.Done()
 	for {
@@ -468,30 +502,37 @@ func (p *Postgres) wakeLoop(run context.Context, sink Sink) {
 			return
 		case <-p.q.wakeSig:
 		}
-		// Deleted users first, taken with the events: an event notified
-		// after a deletion never reaches the deleted user.
-		p.q.goneMu.Lock()
-		p.q.mu.Lock()
-		gone, all, set, offers := p.q.gone, p.q.wakeAll, p.q.wake, p.q.offers
-		p.q.gone = nil
-		p.q.wakeAll = false
-		p.q.wake = make(map[string]struct{})
-		p.q.offers = nil
-		p.q.mu.Unlock()
-		for _, u := range gone {
-			sink.UserGone(u)
-		}
-		p.q.goneMu.Unlock()
-		if all {
-			sink.WakeAll() // covers every project of set and offers too
-			continue
-		}
-		for _, e := range offers {
-			sink.Offer(e)
-		}
-		for id := range set {
-			sink.Wake(id)
-		}
+		p.deliverQueued(sink)
+	}
+}
+
+// deliverQueued hands what the doorbell queues hold to the sink.
+func (p *Postgres) deliverQueued(sink Sink) {
+	p.q.deliverMu.Lock()
+	defer p.q.deliverMu.Unlock()
+	// Deleted users first, taken with the events: an event notified
+	// after a deletion never reaches the deleted user.
+	p.q.goneMu.Lock()
+	p.q.mu.Lock()
+	gone, all, set, offers := p.q.gone, p.q.wakeAll, p.q.wake, p.q.offers
+	p.q.gone = nil
+	p.q.wakeAll = false
+	p.q.wake = make(map[string]struct{})
+	p.q.offers = nil
+	p.q.mu.Unlock()
+	for _, u := range gone {
+		sink.UserGone(u)
+	}
+	p.q.goneMu.Unlock()
+	if all {
+		sink.WakeAll() // covers every project of set and offers too
+		return
+	}
+	for _, e := range offers {
+		sink.Offer(e)
+	}
+	for id := range set {
+		sink.Wake(id)
 	}
 }
 

@@ -34,6 +34,7 @@ type recSink struct {
 	pointers   map[string]int // Wake calls alone, without Offer
 	gone       []string       // UserGone calls
 	users      []string       // what UserIDs answers
+	order      []string       // "offer:<project>:<seq>" and "gone:<user>", as called
 	changed    chan struct{}
 }
 
@@ -61,6 +62,7 @@ func (s *recSink) Offer(e hub.Event) {
 	s.mu.Lock()
 	s.wakes[e.ProjectID]++
 	s.offers = append(s.offers, e)
+	s.order = append(s.order, fmt.Sprintf("offer:%s:%d", e.ProjectID, e.Seq))
 	s.mu.Unlock()
 	s.note()
 }
@@ -89,6 +91,7 @@ func (s *recSink) DeliverEphemeral(e hub.Ephemeral) {
 func (s *recSink) UserGone(userID string) {
 	s.mu.Lock()
 	s.gone = append(s.gone, userID)
+	s.order = append(s.order, "gone:"+userID)
 	s.mu.Unlock()
 	s.note()
 }
@@ -733,6 +736,55 @@ func TestUserDeleted(t *testing.T) {
 	sink.wait(t, "UserGone(ghost)", func(s *recSink) bool { return len(s.gone) > 1 })
 	if got := goneList(); len(got) != 2 || got[1] != "ghost" {
 		t.Fatalf("UserGone calls %v, want [u3 ghost]", got)
+	}
+}
+
+// One commit's events arrive together and are queued together; a user
+// deleted among them keeps its place: no event notified after the deletion
+// is handed over before it.
+func TestBurstKeepsOrderAroundDeletion(t *testing.T) {
+	t.Parallel()
+	dbURL := pgtest.New(t)
+	db := openDB(t, dbURL)
+	mustExec(t, db, `INSERT INTO users (id, name) VALUES ('u9', 'Nine')`)
+	_, sink := startStore(t, dbURL, store.PostgresOptions{})
+	tx, err := db.BeginTx(ctxT(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`SELECT count(push_emit('p' || (g % 2), 'story_processed', jsonb_build_object('n', g))) FROM generate_series(1, 100) AS g`,
+		`DELETE FROM users WHERE id = 'u9'`,
+		`SELECT count(push_emit('p' || (g % 2), 'story_processed', jsonb_build_object('n', g))) FROM generate_series(101, 200) AS g`,
+	} {
+		if _, err := tx.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	sink.wait(t, "200 offers and the deletion", func(s *recSink) bool { return len(s.offers) == 200 && len(s.gone) == 1 })
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	next := map[string]int64{"p0": 1, "p1": 1}
+	goneAt := -1
+	for i, o := range sink.order {
+		if o == "gone:u9" {
+			goneAt = i
+			continue
+		}
+		var p string
+		var seq int64
+		fmt.Sscanf(strings.Replace(o, ":", " ", -1), "offer %s %d", &p, &seq)
+		if seq != next[p] {
+			t.Fatalf("offer %d is %s, want seq %d of %s: %v", i, o, next[p], p, sink.order)
+		}
+		next[p]++
+		// Events 101-200 (seqs 51-100 of each project) came after the deletion.
+		if seq > 50 && goneAt < 0 {
+			t.Fatalf("%s handed over before the deletion notified ahead of it: %v", o, sink.order)
+		}
 	}
 }
 
