@@ -16,9 +16,13 @@
 // Chromium; its helpers newBrowser, newTab, startTestClient,
 // browserUntil...), browser_presence_test.go (presence in client.js and the
 // demo page), readme_test.go (the README's quickstarts, embedded and
-// Postgres, run as written), proxy_test.go (behind nginx) and
-// monitoring_test.go (every metric deploy/'s dashboard and alert rules
-// query is exported). The helpers, by concern:
+// Postgres, run as written), proxy_test.go (behind nginx), deploy_test.go
+// (deploy/nginx.conf itself before three instances: kill and rolling
+// restart lose nothing; its wire-level resuming clients, wireClient),
+// deploy_files_test.go (the Compose file, nginx.conf, the Dockerfile and
+// the binary agree) and monitoring_test.go (every metric deploy/'s
+// dashboard and alert rules query is exported; the dashboard's queries
+// pass promtool). The helpers, by concern:
 //
 //	server_test.go     TestMain (the build), startServer, stop, signal
 //	wsclient_test.go   the WebSocket client: dialWS and its options, read, expect, call...
