@@ -46,12 +46,10 @@ const deployHost = "push.example.com"
 
 // deployProxy is nginx running deploy/nginx.conf.
 type deployProxy struct {
-	base      string       // https://push.example.com:PORT
-	httpPort  int          // the plain-HTTP listener (redirects)
-	h1, h2    *http.Client // HTTP/1.1 only (WebSockets), and HTTP/2 when offered
-	certPool  *x509.CertPool
-	nginxConf string       // the configuration nginx runs, as filled in
-	h2Used    atomic.Int64 // SSE streams that went over HTTP/2
+	base     string       // https://push.example.com:PORT
+	httpPort int          // the plain-HTTP listener (redirects)
+	h1, h2   *http.Client // HTTP/1.1 only (WebSockets), and HTTP/2 when offered
+	h2Used   atomic.Int64 // SSE streams that went over HTTP/2
 }
 
 func TestDeployNginx(t *testing.T) {
@@ -239,7 +237,7 @@ http {
 			t.Fatal(err)
 		}
 		if lastErr = launchNginx(t, dir, main, https, plain); lastErr == nil {
-			return newDeployProxy(https, plain, pool, conf)
+			return newDeployProxy(https, plain, pool)
 		}
 		t.Logf("nginx attempt %d: %v", attempt+1, lastErr)
 	}
@@ -320,13 +318,13 @@ func selfSignedCert(t *testing.T, dir string) *x509.CertPool {
 
 // newDeployProxy makes the clients that reach nginx as deployHost, with
 // the certificate verified.
-func newDeployProxy(https, plain int, pool *x509.CertPool, conf string) *deployProxy {
+func newDeployProxy(https, plain int, pool *x509.CertPool) *deployProxy {
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		return (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, fmt.Sprintf("127.0.0.1:%d", https))
 	}
 	tlsConf := &tls.Config{RootCAs: pool, ServerName: deployHost, MinVersion: tls.VersionTLS12}
 	px := &deployProxy{
-		base: fmt.Sprintf("https://%s:%d", deployHost, https), httpPort: plain, certPool: pool, nginxConf: conf,
+		base: fmt.Sprintf("https://%s:%d", deployHost, https), httpPort: plain,
 		h1: &http.Client{Transport: &http.Transport{DialContext: dial, TLSClientConfig: tlsConf.Clone()}},
 		h2: &http.Client{Transport: &http.Transport{DialContext: dial, TLSClientConfig: tlsConf.Clone(), ForceAttemptHTTP2: true}},
 	}
