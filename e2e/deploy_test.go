@@ -334,20 +334,14 @@ func newDeployProxy(https, plain int, pool *x509.CertPool) *deployProxy {
 // waitReady waits for an instance's /readyz to answer 200.
 func waitReady(t *testing.T, s *testServer) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
+	eventually(t, waitTimeout, fmt.Sprintf("the instance on port %d to be ready", s.Port), func() bool {
 		resp, err := http.Get(s.URL + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("instance on port %d not ready within %v (%v)", s.Port, waitTimeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 }
 
 // storyWriter inserts a story into a project at a steady pace.
