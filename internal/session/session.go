@@ -171,11 +171,11 @@ func (s *Session) End(closeCode int) {
 	s.mu.Unlock()
 	s.m.deadlines.remove(s)
 	if conn != nil {
+		attrs := []any{"conn", conn.ID, "transport", s.transport, "user", conn.User().ID}
 		if closeCode != 0 {
-			s.m.opts.Logger.Debug("disconnected", "conn", conn.ID, "transport", s.transport, "user", conn.User().ID, "code", closeCode)
-		} else {
-			s.m.opts.Logger.Debug("disconnected", "conn", conn.ID, "transport", s.transport, "user", conn.User().ID)
+			attrs = append(attrs, "code", closeCode)
 		}
+		s.m.opts.Logger.Debug("disconnected", attrs...)
 		s.m.hub.Disconnect(conn)
 	}
 }
