@@ -33,7 +33,6 @@ func TestDeployFilesAgree(t *testing.T) {
 	}
 	var compose struct {
 		Services map[string]struct {
-			Image       string             `yaml:"image"`
 			Environment map[string]string  `yaml:"environment"`
 			Networks    map[string]network `yaml:"networks"`
 			Volumes     []string           `yaml:"volumes"`
@@ -58,6 +57,7 @@ func TestDeployFilesAgree(t *testing.T) {
 	if !slices.Contains(nginx.Volumes, "./nginx.conf:/etc/nginx/conf.d/default.conf:ro") {
 		t.Errorf("the Compose nginx does not run deploy/nginx.conf: volumes %v", nginx.Volumes)
 	}
+	port := settingDefaultOf(t, "PORT")
 	var instances []string
 	for name, s := range compose.Services {
 		if s.Build == nil {
@@ -67,7 +67,7 @@ func TestDeployFilesAgree(t *testing.T) {
 			t.Errorf("%s: built from %+v, want context .. and deploy/Dockerfile", name, *s.Build)
 		}
 		for _, n := range s.Networks {
-			instances = append(instances, n.IPv4+":"+settingDefaultOf(t, "PORT"))
+			instances = append(instances, n.IPv4+":"+port)
 		}
 		if got, want := s.Environment["TRUSTED_PROXIES"], nginx.Networks["push"].IPv4; got != want || want == "" {
 			t.Errorf("%s: TRUSTED_PROXIES %q, want nginx's address %q", name, got, want)
